@@ -7,7 +7,14 @@ from pathlib import Path
 
 def cmd_data_generate(out: Path, accounts: int, seed: int, scale: float, fmt: str) -> None:
     """Write a synthetic CRM dataset (and its truth/) to `out`."""
-    raise NotImplementedError("data generate: being built (features/generate.py)")
+    import typer
+
+    from features.generate import generate_crm
+
+    summary = generate_crm(out_dir=out, n_accounts=accounts, seed=seed, scale=scale, fmt=fmt)
+    for table, n_rows in summary["rows"].items():
+        typer.echo(f"{table:>22}: {n_rows:>10,} rows")
+    typer.echo(f"wrote {out} (ground truth in {out / 'truth'}; no feature may read it)")
 
 
 def cmd_data_import(source: str, src_dir: Path, out: Path) -> None:
