@@ -1,0 +1,455 @@
+"""The model bundle: the only model format on the serving path (LightGBM text + JSON, hash-checked).
+
+A bundle directory holds three files::
+
+    model.txt       LightGBM ``Booster.model_to_string()`` text (includes ``pandas_categorical``)
+    state.json      everything else needed to predict (see ``ModelBundle.state``)
+    manifest.json   {"format": 1, "files": {"model.txt": "<sha256>", "state.json": "<sha256>"}}
+
+``ModelBundle.load`` verifies every hash and refuses a mismatch or a missing file with
+``BundleIntegrityError``. Nothing is ever pickled.
+
+Categorical features are handled identically at train and predict time: training code calls
+``learn_categories`` on the training frame and ``prepare_features`` with those categories before
+building the ``lightgbm.Dataset``; the bundle stores the same category lists and ``prepare``
+applies them again, so an unseen value becomes NaN (LightGBM's "missing" branch).
+``ModelBundle.from_booster`` checks that the booster's ``pandas_categorical`` equals the stored lists.
+
+Calibration JSON format (produced by ``training.calibrate``, applied here by ``apply_calibration``)
+-- this is the single place where it is documented:
+
+- ``None``: identity, the model's own probability ``sigmoid(raw margin)`` is returned.
+- ``{"method": "isotonic", "x": [...], "y": [...]}``: ``np.interp(p, x, y)`` where ``p`` is the
+  uncalibrated probability; ``x`` strictly increasing thresholds, ``y`` non-decreasing values in [0, 1];
+  outside ``[x[0], x[-1]]`` the end values are used (clipping).
+- ``{"method": "platt", "a": float, "b": float}``: ``sigmoid(a * logit(p) + b)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+MODEL_FILE = "model.txt"
+STATE_FILE = "state.json"
+MANIFEST_FILE = "manifest.json"
+BUNDLE_FORMAT = 1
+_PROBABILITY_EPS = 1e-12
+
+ModelKind = Literal["classifier", "regressor"]
+
+
+class BundleIntegrityError(Exception):
+    """A bundle file is missing, or its sha256 does not match the manifest."""
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _state_to_text(state: Mapping[str, Any]) -> str:
+    # Sorted keys and a fixed layout make the digest a function of the content only.
+    return json.dumps(state, sort_keys=True, indent=2, allow_nan=False, default=json_safe) + "\n"
+
+
+def json_safe(value: Any) -> Any:
+    """Turn a scalar (numpy, pandas, datetime, NaN) into a JSON-serialisable Python value.
+
+    Args:
+        value: Any scalar as found in a DataFrame cell.
+
+    Returns:
+        ``None`` for missing values (NaN, NaT, None, pd.NA), Python ``int``/``float``/``bool``/``str``
+        for numbers, booleans and strings, ISO-8601 strings for dates and timestamps.
+    """
+    if value is None or value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, pd.Timestamp | _dt.datetime | _dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def sigmoid(raw: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    raw = np.asarray(raw, dtype=float)
+    return np.where(
+        raw >= 0, 1.0 / (1.0 + np.exp(-np.abs(raw))), np.exp(-np.abs(raw)) / (1.0 + np.exp(-np.abs(raw)))
+    )
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    """Log-odds of probabilities clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p, dtype=float), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_calibration(calibration: Mapping[str, Any] | None, scores: np.ndarray) -> np.ndarray:
+    """Map uncalibrated probabilities to calibrated ones (format in the module docstring).
+
+    Args:
+        calibration: The calibration JSON object, or ``None`` for identity.
+        scores: Uncalibrated probabilities in [0, 1].
+
+    Returns:
+        Calibrated probabilities, same shape as ``scores``.
+
+    Raises:
+        ValueError: Unknown method or malformed parameters.
+    """
+    scores = np.asarray(scores, dtype=float)
+    if calibration is None:
+        return scores
+    method = calibration.get("method")
+    if method == "isotonic":
+        x = np.asarray(calibration["x"], dtype=float)
+        y = np.asarray(calibration["y"], dtype=float)
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError("isotonic calibration needs non-empty 'x' and 'y' lists of equal length")
+        return np.interp(scores, x, y)
+    if method == "platt":
+        return sigmoid(float(calibration["a"]) * logit(scores) + float(calibration["b"]))
+    raise ValueError(f"unknown calibration method {method!r}; expected 'isotonic' or 'platt'")
+
+
+def learn_categories(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, list[str]]:
+    """Category lists (sorted distinct non-missing values, as strings) of the given training columns.
+
+    Args:
+        frame: The training feature frame.
+        columns: Names of its categorical feature columns.
+
+    Returns:
+        ``{column: [category, ...]}`` to store in the bundle and pass to ``prepare_features``.
+    """
+    categories: dict[str, list[str]] = {}
+    for column in columns:
+        values = frame[column]
+        present = values[values.notna()].astype(str)
+        categories[column] = sorted(present.unique().tolist())
+    return categories
+
+
+def prepare_features(
+    frame: pd.DataFrame, feature_names: Sequence[str], categorical: Mapping[str, Sequence[str]]
+) -> pd.DataFrame:
+    """Select and order feature columns and give them the exact dtypes the model was trained with.
+
+    Categorical columns become ``pd.Categorical`` with the stored categories (values not in the list,
+    i.e. unseen at training time, become NaN); every other column becomes float64.
+    Use the same function at training time so that train and predict agree.
+
+    Args:
+        frame: Any frame holding at least the feature columns (extra columns are ignored).
+        feature_names: Feature columns in model order.
+        categorical: ``{column: categories}`` for the categorical features.
+
+    Returns:
+        A new frame with exactly ``feature_names`` as columns and the original index.
+
+    Raises:
+        ValueError: Feature columns missing (all named), or a numeric feature holding values that are
+            not numbers (column, first row positions and values named).
+    """
+    missing = [name for name in feature_names if name not in frame.columns]
+    if missing:
+        raise ValueError(f"missing feature columns: {', '.join(missing)}")
+    prepared: dict[str, pd.Series] = {}
+    for name in feature_names:
+        column = frame[name]
+        if name in categorical:
+            as_text = column.astype(object).where(column.notna(), None)
+            as_text = as_text.map(lambda v: None if v is None else str(v))
+            prepared[name] = pd.Series(
+                pd.Categorical(as_text, categories=list(categorical[name])), index=frame.index, name=name
+            )
+        else:
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                column = column.astype(object)
+            if column.dtype == bool:
+                column = column.astype(float)
+            numeric = pd.to_numeric(column, errors="coerce")
+            bad = numeric.isna() & column.notna()
+            if bad.any():
+                positions = np.flatnonzero(bad.to_numpy())[:5].tolist()
+                samples = [column.iloc[i] for i in positions]
+                raise ValueError(
+                    f"feature column {name!r}: expected numbers, got {samples!r} at row positions {positions}"
+                )
+            prepared[name] = numeric.astype("float64").replace([np.inf, -np.inf], np.nan)
+    return pd.DataFrame(prepared, index=frame.index, columns=list(feature_names))
+
+
+class ModelBundle:
+    """A LightGBM booster plus the JSON state needed to predict, explain and verify it.
+
+    Build one with ``from_booster`` (training) or ``load`` (serving); never with pickle.
+
+    Attributes:
+        booster: The ``lightgbm.Booster``.
+        state: The JSON state (``model``, ``kind``, ``feature_names``, ``categorical``,
+            ``calibration``, ``display_names``, plus any ``extra`` keys such as ``grades`` or
+            ``trained_as_of``).
+    """
+
+    def __init__(self, model_text: str, state: Mapping[str, Any]) -> None:
+        """Build from the exact model text and state (prefer ``from_booster`` / ``load``)."""
+        import lightgbm as lgb
+
+        self._model_text = model_text
+        self._state_text = _state_to_text(state)
+        self.state: dict[str, Any] = json.loads(self._state_text)
+        for key in ("model", "kind", "feature_names", "categorical"):
+            if key not in self.state:
+                raise ValueError(f"bundle state lacks required key {key!r}")
+        if self.state["kind"] not in ("classifier", "regressor"):
+            raise ValueError(f"bundle kind must be 'classifier' or 'regressor', got {self.state['kind']!r}")
+        self.booster = lgb.Booster(model_str=model_text)
+        self._check_consistency()
+
+    # ------------------------------------------------------------------ construction and files
+
+    @classmethod
+    def from_booster(
+        cls,
+        booster: Any,
+        *,
+        model: str,
+        kind: ModelKind,
+        feature_names: Sequence[str],
+        categorical: Mapping[str, Sequence[str]],
+        calibration: Mapping[str, Any] | None,
+        display_names: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ModelBundle:
+        """Wrap a trained booster.
+
+        Args:
+            booster: A trained ``lightgbm.Booster`` (trained on ``prepare_features`` output).
+            model: Model name: ``win``, ``amount``, ``churn``, ...
+            kind: ``classifier`` (binary objective) or ``regressor``.
+            feature_names: Feature columns in the booster's order.
+            categorical: Category lists of the categorical features (from ``learn_categories``).
+            calibration: Calibration JSON (see module docstring) or ``None``.
+            display_names: Optional plain names for features shown in ``explain``.
+            extra: Further JSON-safe state (grades, trained_as_of, data fingerprint, ...).
+
+        Returns:
+            The bundle.
+
+        Raises:
+            ValueError: The booster's features or categories differ from the ones given.
+        """
+        state: dict[str, Any] = dict(json_safe(dict(extra or {})))
+        state.update(
+            {
+                "format": BUNDLE_FORMAT,
+                "model": model,
+                "kind": kind,
+                "feature_names": list(feature_names),
+                "categorical": {k: [str(c) for c in v] for k, v in categorical.items()},
+                "calibration": json_safe(dict(calibration)) if calibration is not None else None,
+                "display_names": dict(display_names or {}),
+            }
+        )
+        return cls(booster.model_to_string(), state)
+
+    def _check_consistency(self) -> None:
+        feature_names = list(self.state["feature_names"])
+        booster_features = list(self.booster.feature_name())
+        if booster_features != feature_names:
+            raise ValueError(
+                f"booster features {booster_features} differ from the bundle's feature_names {feature_names}"
+            )
+        categorical = self.state["categorical"]
+        unknown = [c for c in categorical if c not in feature_names]
+        if unknown:
+            raise ValueError(f"categorical columns not among the features: {unknown}")
+        expected = [categorical[name] for name in feature_names if name in categorical]
+        stored = [[str(c) for c in cats] for cats in (self.booster.pandas_categorical or [])]
+        if stored != expected:
+            raise ValueError(
+                "the booster's pandas_categorical does not match the bundle's category lists; "
+                "train on serving.bundle.prepare_features(frame, feature_names, categorical) output"
+            )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write model.txt, state.json and manifest.json (with their sha256) into ``directory``.
+
+        Returns:
+            The directory path.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MODEL_FILE).write_bytes(self._model_text.encode("utf-8"))
+        (directory / STATE_FILE).write_bytes(self._state_text.encode("utf-8"))
+        (directory / MANIFEST_FILE).write_text(json.dumps(self._manifest(), indent=2, sort_keys=True) + "\n")
+        return directory
+
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "files": {MODEL_FILE: _sha256_text(self._model_text), STATE_FILE: _sha256_text(self._state_text)},
+        }
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelBundle:
+        """Load a bundle, verifying every file against the manifest.
+
+        Raises:
+            BundleIntegrityError: manifest, model.txt or state.json missing or not matching its sha256.
+        """
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise BundleIntegrityError(f"{manifest_path}: missing bundle manifest")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            expected_hashes = manifest["files"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleIntegrityError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+        texts: dict[str, str] = {}
+        for name in (MODEL_FILE, STATE_FILE):
+            path = directory / name
+            if name not in expected_hashes:
+                raise BundleIntegrityError(f"{manifest_path}: no sha256 listed for {name}")
+            if not path.is_file():
+                raise BundleIntegrityError(f"{path}: missing bundle file")
+            raw = path.read_bytes()
+            digest = hashlib.sha256(raw).hexdigest()
+            if digest != expected_hashes[name]:
+                raise BundleIntegrityError(
+                    f"{path}: sha256 {digest} does not match the manifest ({expected_hashes[name]})"
+                )
+            texts[name] = raw.decode("utf-8")
+        bundle = cls(texts[MODEL_FILE], json.loads(texts[STATE_FILE]))
+        if bundle._state_text != texts[STATE_FILE]:
+            # Re-serialising must give the hashed bytes back, otherwise sha256 would be ambiguous.
+            raise BundleIntegrityError(f"{directory / STATE_FILE}: not in canonical form")
+        return bundle
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def sha256(self) -> str:
+        """Digest identifying the bundle: sha256 over the sorted file digests of the manifest."""
+        files = self._manifest()["files"]
+        joined = "\n".join(f"{name}:{files[name]}" for name in sorted(files))
+        return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+    @property
+    def model(self) -> str:
+        """Model name (``win``, ``amount``, ``churn``, ...)."""
+        return str(self.state["model"])
+
+    @property
+    def kind(self) -> ModelKind:
+        """``classifier`` or ``regressor``."""
+        return self.state["kind"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature columns in model order."""
+        return list(self.state["feature_names"])
+
+    @property
+    def model_text(self) -> str:
+        """The LightGBM model text exactly as stored in model.txt."""
+        return self._model_text
+
+    # ------------------------------------------------------------------ prediction
+
+    def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Feature frame in model order with the training dtypes (see ``prepare_features``)."""
+        return prepare_features(frame, self.state["feature_names"], self.state["categorical"])
+
+    def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
+        """Raw margin per row (log-odds for classifiers; link-scale value for regressors)."""
+        if len(frame) == 0:
+            return np.zeros(0, dtype=float)
+        return np.asarray(self.booster.predict(self.prepare(frame), raw_score=True), dtype=float)
+
+    def predict_uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
+        """Classifier: ``sigmoid(raw margin)`` before calibration; regressor: the predicted value."""
+        if len(frame) == 0:
+            return np.zeros(0, dtype=float)
+        return np.asarray(self.booster.predict(self.prepare(frame)), dtype=float)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Classifier: calibrated probability of the positive class; regressor: predicted value."""
+        values = self.predict_uncalibrated(frame)
+        if self.kind == "classifier":
+            return np.clip(apply_calibration(self.state.get("calibration"), values), 0.0, 1.0)
+        return values
+
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Per-row feature contributions (TreeSHAP, raw-margin scale) plus ``expected_value``.
+
+        Returns:
+            Frame with one column per feature and a last column ``expected_value``; each row sums
+            to ``predict_raw`` of that row.
+        """
+        columns = [*self.state["feature_names"], "expected_value"]
+        if len(frame) == 0:
+            return pd.DataFrame(columns=columns, dtype=float)
+        values = self.booster.predict(self.prepare(frame), pred_contrib=True)
+        return pd.DataFrame(np.asarray(values, dtype=float), index=frame.index, columns=columns)
+
+    def explain(self, frame: pd.DataFrame, top_k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top factors per row: the ``top_k`` features with the largest absolute contribution.
+
+        Args:
+            frame: Rows to explain (holding at least the feature columns).
+            top_k: Number of factors per row.
+
+        Returns:
+            Per row, a list of ``{"feature": display name, "value": raw input value (JSON-safe),
+            "contribution": signed float on the raw-margin scale (log-odds for classifiers)}``,
+            largest absolute contribution first.
+        """
+        contributions = self.contributions(frame)
+        names = self.state["feature_names"]
+        display = self.state.get("display_names") or {}
+        matrix = contributions[names].to_numpy()
+        order = np.argsort(-np.abs(matrix), axis=1, kind="stable")[:, :top_k]
+        explanations: list[list[dict[str, Any]]] = []
+        for row_position, feature_positions in enumerate(order):
+            factors = []
+            for position in feature_positions:
+                name = names[position]
+                factors.append(
+                    {
+                        "feature": display.get(name, name),
+                        "value": json_safe(frame[name].iloc[row_position]),
+                        "contribution": float(matrix[row_position, position]),
+                    }
+                )
+            explanations.append(factors)
+        return explanations
+
+    def feature_importance(self, importance_type: str = "gain") -> pd.Series:
+        """Booster feature importance (``gain`` or ``split``) indexed by feature name, descending."""
+        values = self.booster.feature_importance(importance_type=importance_type)
+        return pd.Series(values, index=self.state["feature_names"], dtype=float).sort_values(ascending=False)
