@@ -1,0 +1,368 @@
+"""As-of features of open deals (win probability and deal-revenue models).
+
+One DuckDB query computes a whole series of as-of dates: the population (deals open at each date) is
+a range join of opportunities with the dates table; history, activities and track records are joined
+with `event_time <= as_of` conditions, so nothing dated after an as-of date can reach its row.
+The opportunities table's current-state columns (stage, amount, expected_close_date, closed_at,
+outcome, won_amount) are never read as features: state comes from opportunity_history, plus the
+current state as one history row dated `current_state_as_of` when that is <= as_of. Outcomes and
+won amounts are read only for deals closed at or before the as-of date (track records).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from features.params import FeatureParams, load_params
+from features.sql import (
+    AsOfArg,
+    connect,
+    dates_frame,
+    days_between,
+    finish_frame,
+    shaped_table,
+    to_timestamps,
+)
+
+ID_COLUMNS = ["opportunity_id", "account_id", "owner_id", "as_of"]
+CATEGORICAL_OUTPUT = [
+    "opp_stage",
+    "opp_type",
+    "opp_product",
+    "opp_lead_source",
+    "acct_industry",
+    "acct_segment",
+    "acct_region",
+]
+
+OPPORTUNITY_COLUMNS = {
+    "opportunity_id": "str",
+    "account_id": "str",
+    "owner_id": "str",
+    "created_at": "ts",
+    "product": "lstr",
+    "type": "lstr",
+    "lead_source": "lstr",
+    "closed_at": "ts",
+    "outcome": "lstr",
+    "won_amount": "num",
+}
+CURRENT_STATE_COLUMNS = {"stage": "lstr", "amount": "num", "expected_close_date": "ts"}
+HISTORY_COLUMNS = {
+    "opportunity_id": "str",
+    "changed_at": "ts",
+    "stage": "lstr",
+    "amount": "num",
+    "expected_close_date": "ts",
+}
+ACTIVITY_COLUMNS = {
+    "account_id": "str",
+    "opportunity_id": "str",
+    "occurred_at": "ts",
+    "type": "lstr",
+    "direction": "lstr",
+    "replied": "num",
+}
+ACCOUNT_COLUMNS = {
+    "account_id": "str",
+    "created_at": "ts",
+    "industry": "lstr",
+    "segment": "lstr",
+    "region": "lstr",
+    "employees": "num",
+    "annual_revenue": "num",
+}
+
+
+def plural(activity_type: str) -> str:
+    """Feature-name form of an activity type: call -> calls, email -> emails."""
+    name = "".join(ch if ch.isalnum() else "_" for ch in activity_type)
+    return name if name.endswith("s") else f"{name}s"
+
+
+def history_with_current_state(
+    tables: dict[str, pd.DataFrame], current_state_as_of: pd.Timestamp | None
+) -> pd.DataFrame:
+    """opportunity_history (shaped), plus the current state as a history row dated current_state_as_of.
+
+    Args:
+        tables: Canonical tables.
+        current_state_as_of: When given, every opportunity's current stage/amount/expected_close_date
+            becomes a history row dated this timestamp (visible only to as-of dates >= it).
+
+    Returns:
+        Columns opportunity_id, changed_at, stage, amount, expected_close_date, src_order (a stable
+        tie-breaker for rows with the same changed_at; the current-state row sorts last).
+    """
+    history = shaped_table(tables, "opportunity_history", HISTORY_COLUMNS)
+    history["src_order"] = range(len(history))
+    if current_state_as_of is None:
+        return history
+    opps = shaped_table(tables, "opportunities", {"opportunity_id": "str", **CURRENT_STATE_COLUMNS})
+    current = opps.assign(changed_at=current_state_as_of)[list(HISTORY_COLUMNS)]
+    current["src_order"] = range(len(history), len(history) + len(current))
+    return pd.concat([history, current], ignore_index=True)
+
+
+def _activity_sql(params: FeatureParams) -> str:
+    windows = sorted(set(params.activity_windows_days))
+    parts = []
+    for activity_type in params.activity_types:
+        for window in windows:
+            parts.append(
+                f"SUM(CASE WHEN a.type = '{activity_type}' AND a.occurred_at > p.start_{window}d THEN 1 ELSE 0 END)"
+                f" AS opp_{plural(activity_type)}_{window}d"
+            )
+    for window in windows:
+        parts.append(
+            f"SUM(CASE WHEN a.occurred_at > p.start_{window}d THEN 1 ELSE 0 END) AS opp_activities_{window}d"
+        )
+    parts += [
+        "COUNT(a.occurred_at) AS opp_activities_total",
+        f"MIN({days_between('a.occurred_at', 'p.as_of')}) AS opp_days_since_activity",
+        f"MIN(CASE WHEN a.type = 'meeting' THEN {days_between('a.occurred_at', 'p.as_of')} END) AS opp_days_since_meeting",
+        "AVG(a.replied) AS opp_reply_rate",
+        "AVG(CASE WHEN a.direction IS NULL THEN NULL WHEN a.direction = 'inbound' THEN 1.0 ELSE 0.0 END)"
+        " AS opp_inbound_share",
+    ]
+    return ",\n        ".join(parts)
+
+
+def _track_record_sql(key: str, alias: str) -> str:
+    """Cumulative closed/won counts per (key, as_of) over deals closed at or before as_of.
+
+    Closed deals are bucketed into the first as-of date on or after their close (a range join on
+    the disjoint (prev_as_of, as_of] intervals), then summed cumulatively per key.
+    """
+    key_expr = "'__all__'" if key == "__all__" else f"c.{key}"
+    return f"""
+{alias}_bucket AS (
+    SELECT {key_expr} AS k, d.as_of,
+           COUNT(*) AS n_closed,
+           SUM(CASE WHEN c.outcome = 'won' THEN 1 ELSE 0 END) AS n_won,
+           SUM(CASE WHEN c.outcome = 'won' THEN COALESCE(c.won_amount, 0) ELSE 0 END) AS won_amount
+    FROM closed c JOIN dates d ON c.closed_at > d.prev_as_of AND c.closed_at <= d.as_of
+    WHERE {key_expr} IS NOT NULL
+    GROUP BY 1, 2
+),
+{alias}_grid AS (
+    SELECT k.k, d.as_of FROM (SELECT DISTINCT k FROM {alias}_bucket) k CROSS JOIN dates d
+),
+{alias} AS (
+    SELECT g.k, g.as_of,
+           SUM(COALESCE(b.n_closed, 0)) OVER w AS n_closed,
+           SUM(COALESCE(b.n_won, 0)) OVER w AS n_won,
+           SUM(COALESCE(b.won_amount, 0)) OVER w AS won_amount
+    FROM {alias}_grid g LEFT JOIN {alias}_bucket b ON b.k = g.k AND b.as_of = g.as_of
+    WINDOW w AS (PARTITION BY g.k ORDER BY g.as_of ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)"""
+
+
+def _smoothed(alias: str, strength: float) -> str:
+    return (
+        f"CASE WHEN gall.n_closed > 0 THEN (COALESCE({alias}.n_won, 0) + {strength} * gall.n_won / gall.n_closed)"
+        f" / (COALESCE({alias}.n_closed, 0) + {strength}) END"
+    )
+
+
+def opportunity_query(params: FeatureParams) -> str:
+    """The SQL text computing opportunity features for every (open deal, as_of) pair.
+
+    Expects registered relations: opps, hist, acts, accts, dates, stage_order.
+    """
+    smoothing = params.smoothing
+    return f"""
+WITH
+pop AS (
+    SELECT o.opportunity_id, o.account_id, o.owner_id, o.created_at, o.type, o.product, o.lead_source,
+           d.*
+    FROM opps o JOIN dates d ON o.created_at <= d.as_of AND (o.closed_at IS NULL OR o.closed_at > d.as_of)
+),
+h AS (
+    SELECT h.*, ROW_NUMBER() OVER (PARTITION BY h.opportunity_id ORDER BY h.changed_at, h.src_order) AS seq
+    FROM hist h
+),
+h_stage AS (
+    SELECT h.opportunity_id, h.changed_at, h.seq, h.stage, so.stage_index,
+           LAG(h.stage) OVER (PARTITION BY h.opportunity_id ORDER BY h.seq) AS prev_stage,
+           LAG(so.stage_index) OVER (PARTITION BY h.opportunity_id ORDER BY h.seq) AS prev_stage_index
+    FROM h LEFT JOIN stage_order so ON so.stage = h.stage
+    WHERE h.stage IS NOT NULL
+),
+h_amount AS (
+    SELECT opportunity_id, changed_at, seq, amount,
+           LAG(amount) OVER (PARTITION BY opportunity_id ORDER BY seq) AS prev_amount
+    FROM h WHERE amount IS NOT NULL
+),
+h_close AS (
+    SELECT opportunity_id, changed_at, seq, expected_close_date,
+           LAG(expected_close_date) OVER (PARTITION BY opportunity_id ORDER BY seq) AS prev_close
+    FROM h WHERE expected_close_date IS NOT NULL
+),
+h_all AS (
+    SELECT opportunity_id, changed_at, seq, 'stage' AS kind, stage, stage_index,
+           CASE WHEN prev_stage IS NULL OR stage <> prev_stage THEN 1 ELSE 0 END AS is_entry,
+           CASE WHEN prev_stage IS NOT NULL AND stage <> prev_stage THEN 1 ELSE 0 END AS is_change,
+           CASE WHEN stage_index < prev_stage_index THEN 1 ELSE 0 END AS is_regression,
+           CAST(NULL AS DOUBLE) AS amount, 0 AS is_revision,
+           CAST(NULL AS TIMESTAMP) AS close_date, 0 AS is_slip, 0.0 AS slip_days
+    FROM h_stage
+    UNION ALL
+    SELECT opportunity_id, changed_at, seq, 'amount', NULL, NULL, 0, 0, 0,
+           amount, CASE WHEN prev_amount IS NOT NULL AND amount <> prev_amount THEN 1 ELSE 0 END,
+           NULL, 0, 0.0
+    FROM h_amount
+    UNION ALL
+    SELECT opportunity_id, changed_at, seq, 'close', NULL, NULL, 0, 0, 0, NULL, 0,
+           expected_close_date,
+           CASE WHEN expected_close_date > prev_close THEN 1 ELSE 0 END,
+           CASE WHEN expected_close_date > prev_close
+                THEN {days_between("prev_close", "expected_close_date")} ELSE 0.0 END
+    FROM h_close
+),
+state AS (
+    SELECT p.opportunity_id, p.as_of,
+           MAX_BY(CASE WHEN x.kind = 'stage' THEN x.stage END, CASE WHEN x.kind = 'stage' THEN x.seq END) AS opp_stage,
+           MAX_BY(CASE WHEN x.kind = 'stage' THEN x.stage_index END, CASE WHEN x.kind = 'stage' THEN x.seq END)
+               AS opp_stage_index,
+           MAX(CASE WHEN x.kind = 'stage' AND x.is_entry = 1 THEN x.changed_at END) AS stage_entered_at,
+           SUM(x.is_change) AS opp_stage_changes,
+           SUM(x.is_regression) AS opp_stage_regressions,
+           MAX_BY(x.amount, CASE WHEN x.kind = 'amount' THEN x.seq END) AS opp_amount,
+           MIN_BY(x.amount, CASE WHEN x.kind = 'amount' THEN x.seq END) AS opp_amount_first,
+           SUM(x.is_revision) AS opp_amount_revisions,
+           MAX_BY(x.close_date, CASE WHEN x.kind = 'close' THEN x.seq END) AS close_date,
+           SUM(x.is_slip) AS opp_close_date_slips,
+           SUM(x.slip_days) AS opp_close_date_days_slipped,
+           COUNT(*) AS n_history
+    FROM pop p JOIN h_all x ON x.opportunity_id = p.opportunity_id AND x.changed_at <= p.as_of
+    GROUP BY p.opportunity_id, p.as_of
+),
+act AS (
+    SELECT p.opportunity_id, p.as_of,
+        {_activity_sql(params)}
+    FROM pop p JOIN acts a ON a.opportunity_id = p.opportunity_id AND a.occurred_at <= p.as_of
+    GROUP BY p.opportunity_id, p.as_of
+),
+closed AS (
+    SELECT owner_id, account_id, product, lead_source, closed_at, outcome, won_amount
+    FROM opps WHERE closed_at IS NOT NULL AND outcome IN ('won', 'lost')
+),
+{_track_record_sql("__all__", "glob_tr")},
+{_track_record_sql("owner_id", "rep_tr")},
+{_track_record_sql("account_id", "acct_tr")},
+{_track_record_sql("product", "prod_tr")},
+{_track_record_sql("lead_source", "src_tr")},
+open_counts AS (
+    SELECT opportunity_id, as_of,
+           CASE WHEN owner_id IS NOT NULL THEN COUNT(*) OVER (PARTITION BY owner_id, as_of) END AS rep_open_deals,
+           CASE WHEN account_id IS NOT NULL THEN COUNT(*) OVER (PARTITION BY account_id, as_of) END AS acct_open_deals
+    FROM pop
+)
+SELECT p.opportunity_id, p.account_id, p.owner_id, p.as_of,
+       s.opp_stage, p.type AS opp_type, p.product AS opp_product, p.lead_source AS opp_lead_source,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.industry END AS acct_industry,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.segment END AS acct_segment,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.region END AS acct_region,
+       {days_between("p.created_at", "p.as_of")} AS opp_age_days,
+       {days_between("s.stage_entered_at", "p.as_of")} AS opp_days_in_stage,
+       s.opp_stage_index,
+       COALESCE(s.opp_stage_changes, 0) AS opp_stage_changes,
+       COALESCE(s.opp_stage_regressions, 0) AS opp_stage_regressions,
+       s.opp_amount, s.opp_amount_first,
+       COALESCE(s.opp_amount_revisions, 0) AS opp_amount_revisions,
+       CASE WHEN s.opp_amount_first > 0 THEN (s.opp_amount - s.opp_amount_first) / s.opp_amount_first END
+           AS opp_amount_change_rel,
+       {days_between("p.as_of", "s.close_date")} AS opp_days_to_expected_close,
+       COALESCE(s.opp_close_date_slips, 0) AS opp_close_date_slips,
+       COALESCE(s.opp_close_date_days_slipped, 0) AS opp_close_date_days_slipped,
+       CASE WHEN s.close_date IS NULL THEN NULL WHEN s.close_date < p.as_of THEN 1 ELSE 0 END AS opp_close_date_past,
+       CASE WHEN s.n_history > 0 THEN 1 ELSE 0 END AS opp_has_history,
+       a.* EXCLUDE (opportunity_id, as_of),
+       {_smoothed("prod", smoothing.get("product", 20.0))} AS opp_product_win_rate_prior,
+       {_smoothed("src", smoothing.get("lead_source", 20.0))} AS opp_lead_source_win_rate_prior,
+       CASE WHEN p.owner_id IS NOT NULL THEN {_smoothed("rep", smoothing.get("rep", 10.0))} END AS rep_win_rate_closed,
+       CASE WHEN p.owner_id IS NOT NULL THEN COALESCE(rep.n_closed, 0) END AS rep_closed_deals_prior,
+       CASE WHEN rep.n_won > 0 THEN rep.won_amount / rep.n_won END AS rep_avg_won_amount_prior,
+       oc.rep_open_deals,
+       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.n_won, 0) END AS acct_won_deals_prior,
+       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.won_amount, 0) END AS acct_won_amount_prior,
+       CASE WHEN p.account_id IS NOT NULL THEN {_smoothed("acct", smoothing.get("account", 5.0))} END
+           AS acct_win_rate_closed,
+       oc.acct_open_deals,
+       ac.employees AS acct_employees,
+       ac.annual_revenue AS acct_annual_revenue,
+       CASE WHEN ac.account_id IS NOT NULL THEN {days_between("ac.created_at", "p.as_of")} END AS acct_tenure_days
+FROM pop p
+LEFT JOIN state s ON s.opportunity_id = p.opportunity_id AND s.as_of = p.as_of
+LEFT JOIN act a ON a.opportunity_id = p.opportunity_id AND a.as_of = p.as_of
+LEFT JOIN open_counts oc ON oc.opportunity_id = p.opportunity_id AND oc.as_of = p.as_of
+LEFT JOIN glob_tr gall ON gall.as_of = p.as_of
+LEFT JOIN rep_tr rep ON rep.k = p.owner_id AND rep.as_of = p.as_of
+LEFT JOIN acct_tr acct ON acct.k = p.account_id AND acct.as_of = p.as_of
+LEFT JOIN prod_tr prod ON prod.k = p.product AND prod.as_of = p.as_of
+LEFT JOIN src_tr src ON src.k = p.lead_source AND src.as_of = p.as_of
+LEFT JOIN accts ac ON ac.account_id = p.account_id AND ac.created_at <= p.as_of
+ORDER BY p.as_of, p.opportunity_id
+"""
+
+
+def build_opportunity_features(
+    tables: dict[str, pd.DataFrame],
+    as_of: AsOfArg,
+    params: FeatureParams | None = None,
+    *,
+    current_state_as_of: dt.date | dt.datetime | str | pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Features of every deal open at each as-of date, from data visible at that date only.
+
+    Args:
+        tables: Canonical tables (features.data.Tables); needs `opportunities`, uses
+            `opportunity_history`, `activities` and `accounts` when present.
+        as_of: One as-of date or a sequence (one query computes them all).
+        params: Feature parameters; None loads features/params.yaml.
+        current_state_as_of: When given, the opportunities table's current stage, amount and
+            expected close date count as a history row dated this timestamp (only for as-of dates
+            on or after it). Batch scoring of "now" passes the export date; training leaves it None.
+
+    Returns:
+        One row per (opportunity_id, as_of) for deals open at as_of (created_at <= as_of and not
+        closed_at <= as_of), sorted by as_of then opportunity_id. Columns: opportunity_id,
+        account_id, owner_id, as_of, then opp_*/rep_*/acct_* features (str categoricals or float64;
+        NaN where not knowable, e.g. stage without history).
+    """
+    params = params or load_params()
+    if "opportunities" not in tables:
+        raise KeyError("build_opportunity_features needs the 'opportunities' table")
+    current_ts = None if current_state_as_of is None else to_timestamps(current_state_as_of)[0]
+    windows = set(params.activity_windows_days)
+    dates = dates_frame(as_of, windows)
+    stage_order = pd.DataFrame(
+        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
+    )
+    if stage_order.empty:
+        stage_order = pd.DataFrame(
+            {"stage": pd.Series([], dtype=object), "stage_index": pd.Series([], dtype=float)}
+        )
+    con = connect()
+    try:
+        con.register("opps", shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS))
+        con.register("hist", history_with_current_state(tables, current_ts))
+        con.register("acts", shaped_table(tables, "activities", ACTIVITY_COLUMNS))
+        con.register("accts", shaped_table(tables, "accounts", ACCOUNT_COLUMNS))
+        con.register("dates", dates)
+        con.register("stage_order", stage_order)
+        result = con.execute(opportunity_query(params)).df()
+    finally:
+        con.close()
+    drop = [c for c in result.columns if c.startswith("start_") or c == "prev_as_of"]
+    result = result.drop(columns=drop)
+    # A deal without any activity row has zero activities, not an unknown count.
+    count_columns = [
+        c for c in result.columns if c.startswith("opp_") and (c.endswith("d") and c[-2].isdigit())
+    ]
+    count_columns.append("opp_activities_total")
+    result[count_columns] = result[count_columns].fillna(0)
+    return finish_frame(result, ["opportunity_id", "account_id", "owner_id", *CATEGORICAL_OUTPUT])
