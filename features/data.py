@@ -1,0 +1,726 @@
+"""Loading, validating and canonicalising CRM tables against the data contract.
+
+`validate_tables` does all the work on in-memory raw DataFrames (the API and the tests use it);
+`load_tables` only reads files and hands them over. Canonical dtypes are those described in
+ARCHITECTURE.md and `features.contract`.
+
+Row numbers in messages: for CSV files they are line numbers (the header is line 1, so the first
+data row is 2; a quoted value spanning several lines shifts later numbers); for Parquet files and
+in-memory tables they are 1-based row positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.contract import ALWAYS_REQUIRED, KIND_EXPECTATIONS, TABLES, ColumnSpec, TableSpec
+
+Tables = dict[str, pd.DataFrame]
+
+FILE_SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
+SAMPLE_SIZE = 3
+"""How many row numbers and values an issue quotes."""
+
+_ISO_RE = (
+    r"^\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?)?$"
+)
+_TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0"})
+
+
+class DataValidationError(ValueError):
+    """A dataset cannot be used; the message names file, column, rows and the expectation.
+
+    Attributes:
+        report: The validation report up to the failure (``None`` when it failed before any
+            table was read).
+    """
+
+    def __init__(self, message: str, report: ValidationReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Issue:
+    """One problem found in one column of one table.
+
+    Attributes:
+        table: Canonical table name.
+        column: Column name (several joined by ", " for a composite key), or None for table-level.
+        rule: Machine-readable rule, e.g. ``unparsable``, ``missing_value``, ``duplicate_key``,
+            ``orphan``, ``unknown_value``, ``not_numeric_metric``.
+        count: Number of rows affected.
+        rows: The first few row numbers (see module docstring for the numbering).
+        values: The first few offending values, as text.
+        action: ``dropped`` (rows removed), ``nulled`` (value set missing, row kept), ``kept``
+            (nothing changed, informational) or ``fatal``.
+        message: One-line human-readable description.
+    """
+
+    table: str
+    column: str | None
+    rule: str
+    count: int
+    rows: list[int]
+    values: list[str]
+    action: Literal["dropped", "nulled", "kept", "fatal"]
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    """What validation found: fatal errors, skipped/cleaned rows, and row counts per table."""
+
+    errors: list[Issue] = field(default_factory=list)
+    skipped: list[Issue] = field(default_factory=list)
+    rows_in: dict[str, int] = field(default_factory=dict)
+    rows_out: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    unknown_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no fatal error."""
+        return not self.errors
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines: per-table counts, then skipped rows, notes and errors."""
+        lines = [f"{'table':<22}{'rows in':>12}{'rows out':>12}  source"]
+        for table, n_in in self.rows_in.items():
+            n_out = self.rows_out.get(table)
+            shown_out = f"{n_out:,}" if n_out is not None else "-"
+            lines.append(f"{table:<22}{n_in:>12,}{shown_out:>12}  {self.sources.get(table, '')}")
+        if self.unknown_files:
+            lines.append(f"ignored (not a contract table): {', '.join(self.unknown_files)}")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        if self.skipped:
+            lines.append(f"warnings ({len(self.skipped)}): rows skipped or values cleaned")
+            lines.extend(f"  - [{issue.action}] {issue.message}" for issue in self.skipped)
+        if self.errors:
+            lines.append(f"errors ({len(self.errors)}):")
+            lines.extend(f"  - {issue.message}" for issue in self.errors)
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form of the report."""
+        return {
+            "ok": self.ok,
+            "errors": [asdict(issue) for issue in self.errors],
+            "skipped": [asdict(issue) for issue in self.skipped],
+            "rows_in": dict(self.rows_in),
+            "rows_out": dict(self.rows_out),
+            "sources": dict(self.sources),
+            "unknown_files": list(self.unknown_files),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- value parsing
+
+
+def _clean_strings(values: pd.Series) -> pd.Series:
+    """Text form of any column: stripped str, empty -> None, integral floats without '.0'."""
+    if pd.api.types.is_float_dtype(values):
+        as_text = values.map(
+            lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else repr(v))
+        )
+        return as_text.astype(object)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        as_text = values.map(lambda v: None if pd.isna(v) else v.isoformat())
+        return as_text.astype(object)
+    text = values.astype("string").str.strip()
+    text = text.mask(text == "")
+    return text.astype(object).where(text.notna(), None)
+
+
+def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse to naive-UTC datetime64[ns]; returns (parsed, bad) where bad = present but invalid."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        return parsed.astype("datetime64[ns]"), pd.Series(False, index=values.index)
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    if inferred in ("datetime", "date", "datetime64"):
+        values = values.map(lambda v: v.isoformat() if isinstance(v, datetime | date) else v)
+    text = _clean_strings(values)
+    present = text.notna()
+    as_string = text.astype("string")
+    parts = as_string.str.extract(_ISO_RE)
+    well_formed = as_string.str.match(_ISO_RE).fillna(False).astype(bool)
+    has_zone = well_formed & parts["zone"].notna()
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    naive_rows = well_formed & ~has_zone
+    if naive_rows.any():
+        naive = pd.to_datetime(
+            as_string[naive_rows].str.replace(",", ".", regex=False), format="ISO8601", errors="coerce"
+        )
+        parsed.loc[naive_rows] = naive.astype("datetime64[ns]")
+    if has_zone.any():
+        # Zoned values are parsed separately: pandas applies one value's offset to naive neighbours.
+        aware = pd.to_datetime(
+            as_string[has_zone].str.replace(",", ".", regex=False),
+            format="ISO8601",
+            utc=True,
+            errors="coerce",
+        )
+        parsed.loc[has_zone] = aware.dt.tz_localize(None).astype("datetime64[ns]")
+    bad = present & parsed.isna()
+    return parsed, bad
+
+
+def _parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse to float64; non-finite or non-numeric present values are bad."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        parsed = values.astype("float64")
+        bad = values.notna() & ~np.isfinite(parsed.fillna(0.0))
+        return parsed.where(~bad), bad
+    text = _clean_strings(values)
+    parsed = pd.to_numeric(text, errors="coerce").astype("float64")
+    bad = text.notna() & (parsed.isna() | ~np.isfinite(parsed.fillna(0.0)))
+    return parsed.where(~bad), bad
+
+
+def _parse_bools(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Parse to float64 0/1/NaN."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        parsed = values.astype("float64")
+        bad = parsed.notna() & ~parsed.isin([0.0, 1.0])
+        return parsed.where(~bad), bad
+    text = _clean_strings(values)
+    lowered = text.map(lambda v: v.lower() if isinstance(v, str) else v)
+    parsed = pd.Series(np.nan, index=values.index, dtype="float64")
+    parsed[lowered.isin(_TRUE_WORDS)] = 1.0
+    parsed[lowered.isin(_FALSE_WORDS)] = 0.0
+    bad = text.notna() & parsed.isna()
+    return parsed, bad
+
+
+def _parse_labels(values: pd.Series, column: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    """ids, text, categories and enums: cleaned str; enums must be in `allowed`."""
+    text = _clean_strings(values)
+    if column.kind == "enum" or (column.kind == "category" and column.lowercase):
+        text = text.map(lambda v: v.lower() if isinstance(v, str) else v).astype(object)
+    if column.kind == "enum":
+        bad = text.notna() & ~text.isin(column.allowed)
+    else:
+        bad = pd.Series(False, index=values.index)
+    return text, bad
+
+
+def _parse_column(values: pd.Series, column: ColumnSpec) -> tuple[pd.Series, pd.Series]:
+    if column.kind == "timestamp":
+        return _parse_timestamps(values)
+    if column.kind == "number":
+        return _parse_numbers(values)
+    if column.kind == "bool":
+        return _parse_bools(values)
+    return _parse_labels(values, column)
+
+
+def _empty_column(column: ColumnSpec, n_rows: int) -> pd.Series:
+    if column.kind == "timestamp":
+        return pd.Series(pd.NaT, index=range(n_rows), dtype="datetime64[ns]")
+    if column.kind in ("number", "bool"):
+        return pd.Series(np.nan, index=range(n_rows), dtype="float64")
+    return pd.Series([None] * n_rows, index=range(n_rows), dtype=object)
+
+
+def _expectation(column: ColumnSpec) -> str:
+    if column.kind == "enum":
+        allowed = ", ".join(column.allowed)
+        return f"one of {allowed}" if column.required else f"one of {allowed} (or empty)"
+    return KIND_EXPECTATIONS[column.kind]
+
+
+# --------------------------------------------------------------------------- issue bookkeeping
+
+
+def _format_rows(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:SAMPLE_SIZE])
+    extra = len(rows) - SAMPLE_SIZE
+    noun = "row" if len(rows) == 1 else "rows"
+    return f"{noun} {shown}" + (f" (+{extra} more)" if extra > 0 else "")
+
+
+def _sample_values(values: pd.Series) -> list[str]:
+    sample: list[str] = []
+    for value in values:
+        text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+        if text not in sample:
+            sample.append(text)
+        if len(sample) == SAMPLE_SIZE:
+            break
+    return sample
+
+
+class _TableCheck:
+    """Accumulates the problems of one table while it is being canonicalised."""
+
+    def __init__(self, table: str, source: str, row_numbers: np.ndarray) -> None:
+        self.table = table
+        self.source = source
+        self.row_numbers = row_numbers
+        self.drop = np.zeros(len(row_numbers), dtype=bool)
+        self.touched = np.zeros(len(row_numbers), dtype=bool)
+        self.issues: list[Issue] = []
+
+    def record(
+        self,
+        mask: np.ndarray,
+        raw_values: pd.Series,
+        *,
+        column: str,
+        rule: str,
+        action: Literal["dropped", "nulled", "kept"],
+        expected: str,
+        got_suffix: str = "",
+    ) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            return
+        rows = self.row_numbers[mask]
+        values = _sample_values(raw_values[mask])
+        got = f"got '{values[0]}'" if values and values[0] != "" else "got an empty value"
+        message = (
+            f"{self.source}: column '{column}', {_format_rows(rows)}: expected {expected}, {got}{got_suffix}"
+        )
+        if action == "dropped":
+            message += f" ({int(mask.sum())} row{'s' if mask.sum() != 1 else ''} skipped)"
+        elif action == "nulled":
+            message += f" (value{'s' if mask.sum() != 1 else ''} set to missing)"
+        self.issues.append(
+            Issue(
+                table=self.table,
+                column=column,
+                rule=rule,
+                count=int(mask.sum()),
+                rows=[int(r) for r in rows[:SAMPLE_SIZE]],
+                values=values,
+                action=action,
+                message=message,
+            )
+        )
+        self.touched |= mask
+        if action == "dropped":
+            self.drop |= mask
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate_one(
+    spec: TableSpec,
+    raw: pd.DataFrame,
+    source: str,
+    first_row_number: int,
+    parent_keys: Mapping[str, set[str]],
+    dropped_keys: Mapping[str, set[str]],
+    report: ValidationReport,
+) -> tuple[pd.DataFrame, _TableCheck]:
+    raw = raw.reset_index(drop=True)
+    raw.columns = [str(name).strip().lstrip("\ufeff") for name in raw.columns]
+    n_rows = len(raw)
+    check = _TableCheck(spec.name, source, np.arange(first_row_number, first_row_number + n_rows))
+
+    missing_columns = [name for name in spec.required_columns if name not in raw.columns]
+    if missing_columns:
+        found = ", ".join(map(str, raw.columns)) or "no columns"
+        plural = "s" if len(missing_columns) > 1 else ""
+        message = (
+            f"{source}: missing required column{plural} {', '.join(repr(c) for c in missing_columns)}"
+            f" (required: {', '.join(spec.required_columns)}; found: {found})"
+        )
+        issue = Issue(spec.name, missing_columns[0], "missing_column", n_rows, [], [], "fatal", message)
+        report.errors.append(issue)
+        raise DataValidationError(message, report)
+
+    canonical: dict[str, pd.Series] = {}
+    for column in spec.columns:
+        if column.name not in raw.columns:
+            canonical[column.name] = _empty_column(column, n_rows)
+            continue
+        raw_values = raw[column.name]
+        parsed, bad = _parse_column(raw_values, column)
+        bad = bad.to_numpy(dtype=bool)
+        missing = parsed.isna().to_numpy(dtype=bool) & ~bad
+        action: Literal["dropped", "nulled"] = "dropped" if column.required else "nulled"
+        rule = "unknown_value" if column.kind == "enum" else "unparsable"
+        check.record(
+            bad, raw_values, column=column.name, rule=rule, action=action, expected=_expectation(column)
+        )
+        if column.required:
+            check.record(
+                missing,
+                raw_values,
+                column=column.name,
+                rule="missing_value",
+                action="dropped",
+                expected=_expectation(column),
+            )
+        if column.kind in ("timestamp", "number", "bool"):
+            parsed = parsed.where(~bad)
+        else:
+            parsed = parsed.where(~bad, None).astype(object)
+        canonical[column.name] = parsed
+
+    for name in raw.columns:
+        if name in canonical:
+            continue
+        values = raw[name]
+        if spec.numeric_extras:
+            numbers, bad = _parse_numbers(values)
+            if bad.any():
+                check.issues.append(
+                    Issue(
+                        spec.name,
+                        name,
+                        "not_numeric_metric",
+                        int(bad.sum()),
+                        [int(r) for r in check.row_numbers[bad.to_numpy()][:SAMPLE_SIZE]],
+                        _sample_values(values[bad]),
+                        "kept",
+                        f"{source}: column '{name}', {_format_rows(check.row_numbers[bad.to_numpy()])}: "
+                        f"expected a number (extra {spec.name} columns are metrics), got "
+                        f"'{_sample_values(values[bad])[0]}' (column kept as text, not used as a metric)",
+                    )
+                )
+                canonical[name] = _clean_strings(values)
+            else:
+                canonical[name] = numbers
+        elif values.dtype == object:
+            canonical[name] = _clean_strings(values)
+        else:
+            canonical[name] = values
+    table = pd.DataFrame(canonical)
+
+    # Duplicate keys: among rows that survived the value checks, keep the first occurrence.
+    if spec.primary_key:
+        alive = ~check.drop
+        duplicated = np.zeros(n_rows, dtype=bool)
+        duplicated[alive] = (
+            table.loc[alive].duplicated(subset=list(spec.primary_key), keep="first").to_numpy()
+        )
+        key_label = ", ".join(spec.primary_key)
+        key_values = (
+            table[spec.primary_key[0]]
+            if len(spec.primary_key) == 1
+            else table[list(spec.primary_key)].astype(str).agg(" / ".join, axis=1)
+        )
+        check.record(
+            duplicated,
+            key_values,
+            column=key_label,
+            rule="duplicate_key",
+            action="dropped",
+            expected=f"a unique key ({key_label})",
+            got_suffix=" again (first occurrence kept)",
+        )
+
+    # References to parent tables: orphans are dropped (required refs) or blanked (optional refs).
+    for ref in spec.parents:
+        if ref.parent_table not in parent_keys or ref.column not in table.columns:
+            continue
+        values = table[ref.column]
+        orphan = (values.notna() & ~values.isin(parent_keys[ref.parent_table])).to_numpy() & ~check.drop
+        if not orphan.any():
+            continue
+        from_dropped = values[orphan].isin(dropped_keys.get(ref.parent_table, set()))
+        suffix = ""
+        if from_dropped.any():
+            suffix = f"; {int(from_dropped.sum())} of them point to {ref.parent_table} rows that were themselves skipped"
+        action = "nulled" if ref.on_orphan == "null" else "dropped"
+        check.record(
+            orphan,
+            values,
+            column=ref.column,
+            rule="orphan",
+            action=action,
+            expected=f"a value of {ref.parent_table}.{ref.parent_column}",
+            got_suffix=suffix,
+        )
+        if ref.on_orphan == "null":
+            table.loc[orphan, ref.column] = None
+
+    kept = table.loc[~check.drop].reset_index(drop=True)
+    return kept, check
+
+
+def _validate(
+    raw_tables: Mapping[str, pd.DataFrame],
+    sources: Mapping[str, str],
+    first_row_numbers: Mapping[str, int],
+    require: Iterable[str],
+    strict: bool,
+    max_bad_fraction: float,
+    report: ValidationReport,
+    location: str,
+    progress: Callable[[str], None] | None,
+) -> Tables:
+    required = list(dict.fromkeys([*ALWAYS_REQUIRED, *require]))
+    for name in required:
+        if name not in TABLES:
+            raise ValueError(f"unknown table '{name}' in require; known tables: {', '.join(TABLES)}")
+    for name in raw_tables:
+        if name not in TABLES:
+            report.unknown_files.append(sources.get(name, name))
+    for name in required:
+        if name not in raw_tables:
+            message = f"{location}required table '{name}' not found (expected {name}.csv or {name}.parquet)"
+            report.errors.append(Issue(name, None, "missing_table", 0, [], [], "fatal", message))
+            raise DataValidationError(message, report)
+
+    tables: Tables = {}
+    parent_keys: dict[str, set[str]] = {}
+    dropped_keys: dict[str, set[str]] = {}
+    for name, spec in TABLES.items():
+        if name not in raw_tables:
+            continue
+        raw = raw_tables[name]
+        source = sources.get(name, name)
+        if progress is not None:
+            progress(f"validating {source} ({len(raw):,} rows)")
+        report.sources[name] = source
+        report.rows_in[name] = len(raw)
+        table, check = _validate_one(
+            spec, raw, source, first_row_numbers.get(name, 1), parent_keys, dropped_keys, report
+        )
+        report.skipped.extend(check.issues)
+        n_bad = int(check.touched.sum())
+        problems = [issue for issue in check.issues if issue.action != "kept"]
+        if strict and problems:
+            first = problems[0]
+            report.errors.append(
+                Issue(**{**asdict(first), "action": "fatal", "message": f"{first.message} [strict mode]"})
+            )
+            raise DataValidationError(report.errors[-1].message, report)
+        if len(raw) and n_bad / len(raw) > max_bad_fraction:
+            first = problems[0]
+            message = (
+                f"{source}: {n_bad:,} of {len(raw):,} rows ({n_bad / len(raw):.1%}) have problems, more than "
+                f"max_bad_fraction={max_bad_fraction:g}; first: {first.message}"
+            )
+            report.errors.append(Issue(**{**asdict(first), "action": "fatal", "message": message}))
+            raise DataValidationError(message, report)
+        tables[name] = table
+        report.rows_out[name] = len(table)
+        if len(spec.primary_key) == 1:
+            key = spec.primary_key[0]
+            parent_keys[name] = set(table[key].dropna())
+            raw_key = _clean_strings(raw.reset_index(drop=True)[key]) if key in raw.columns else pd.Series([])
+            dropped_keys[name] = set(raw_key.dropna()) - parent_keys[name]
+    return tables
+
+
+def validate_tables(
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    source_names: Mapping[str, str] | None = None,
+    first_row_numbers: Mapping[str, int] | None = None,
+    require: Iterable[str] = ("accounts",),
+    strict: bool = False,
+    max_bad_fraction: float = 0.05,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Tables, ValidationReport]:
+    """Validate and canonicalise raw tables (any dtypes, e.g. all-text CSV columns).
+
+    Args:
+        tables: Raw DataFrames keyed by table name; keys that are not contract tables are
+            reported in ``unknown_files`` and left out of the result.
+        source_names: Name of each table's origin used in messages (default: the table name).
+        first_row_numbers: Number of each table's first data row in messages (default 1;
+            `load_tables` passes 2 for CSV files so that numbers are line numbers).
+        require: Tables that must be present (``accounts`` always is).
+        strict: Raise on the first row-level problem instead of skipping the row.
+        max_bad_fraction: Raise when a larger share of a table's rows has problems.
+        progress: Optional callback receiving one line per table being validated.
+
+    Returns:
+        The canonical tables (contract columns first, in contract order, missing optional
+        columns added as all-missing, then extra columns) and the validation report.
+
+    Raises:
+        DataValidationError: missing required table or column, too many bad rows, or any
+            row problem in strict mode. ``exc.report`` holds the report so far.
+    """
+    report = ValidationReport()
+    sources = dict(source_names or {})
+    canonical = _validate(
+        tables,
+        sources,
+        dict(first_row_numbers or {}),
+        require,
+        strict,
+        max_bad_fraction,
+        report,
+        "",
+        progress,
+    )
+    return canonical, report
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+        return pd.read_parquet(path).reset_index(drop=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise DataValidationError(f"{path.name}: cannot be read as {path.suffix[1:]}: {detail}") from exc
+
+
+def load_tables(
+    directory: str | Path,
+    require: Iterable[str] = ("accounts",),
+    strict: bool = False,
+    max_bad_fraction: float = 0.05,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Tables, ValidationReport]:
+    """Read `<table>.csv` or `<table>.parquet` files from `directory` and validate them.
+
+    Args:
+        directory: Dataset directory, one file per table.
+        require: Tables that must be present (``accounts`` always is).
+        strict: Raise on the first row-level problem instead of skipping the row.
+        max_bad_fraction: Raise when a larger share of a table's rows has problems.
+        progress: Optional callback receiving one line per file read or validated.
+
+    Returns:
+        Canonical tables and the validation report (see `validate_tables`).
+
+    Raises:
+        DataValidationError: the directory is missing, a table exists as both CSV and Parquet,
+            a file cannot be parsed, or any fatal problem listed in `validate_tables`.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataValidationError(f"{directory}: not a directory (expected one CSV/Parquet file per table)")
+    report = ValidationReport()
+    found: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_dir():
+            report.notes.append(f"subdirectory {path.name}/ ignored")
+            continue
+        if path.suffix not in FILE_SUFFIXES or path.stem not in TABLES:
+            report.unknown_files.append(path.name)
+            continue
+        if path.stem in found:
+            message = (
+                f"{directory}: table '{path.stem}' exists as both {found[path.stem].name} and {path.name}; "
+                "keep exactly one"
+            )
+            report.errors.append(Issue(path.stem, None, "duplicate_file", 0, [], [], "fatal", message))
+            raise DataValidationError(message, report)
+        found[path.stem] = path
+
+    raw_tables: dict[str, pd.DataFrame] = {}
+    for name, path in found.items():
+        if progress is not None:
+            progress(f"reading {path.name}")
+        raw_tables[name] = _read_table_file(path)
+    tables = _validate(
+        raw_tables,
+        {name: path.name for name, path in found.items()},
+        {name: 2 if path.suffix == ".csv" else 1 for name, path in found.items()},
+        require,
+        strict,
+        max_bad_fraction,
+        report,
+        f"{directory}: ",
+        progress,
+    )
+    return tables, report
+
+
+# --------------------------------------------------------------------------- writing and hashing
+
+
+def _timestamps_as_iso(values: pd.Series) -> pd.Series:
+    """ISO text: a date when every value is at midnight, else a datetime (microseconds if needed)."""
+    present = values.dropna()
+    if present.empty:
+        return pd.Series([""] * len(values), index=values.index, dtype=object)
+    if (present == present.dt.normalize()).all():
+        text = values.dt.strftime("%Y-%m-%d")
+    elif (present.dt.microsecond == 0).all() and (present.dt.nanosecond == 0).all():
+        text = values.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    else:
+        text = values.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return text.fillna("").astype(object)
+
+
+def write_tables(
+    tables: Mapping[str, pd.DataFrame], directory: str | Path, fmt: Literal["csv", "parquet"] = "csv"
+) -> list[Path]:
+    """Write canonical tables, one file per table, named after the table.
+
+    A file of the same table in the other format is removed, so that the directory never holds
+    both (which `load_tables` refuses).
+
+    Args:
+        tables: Canonical tables (as returned by `validate_tables`).
+        directory: Output directory (created if needed).
+        fmt: ``csv`` (ISO timestamps, no index, ``\\n`` line ends) or ``parquet``.
+
+    Returns:
+        The paths written, in table order.
+    """
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"unknown format '{fmt}': expected csv or parquet")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ordered = [name for name in TABLES if name in tables] + [name for name in tables if name not in TABLES]
+    for name in ordered:
+        table = tables[name]
+        path = directory / f"{name}.{fmt}"
+        other = directory / f"{name}.{'parquet' if fmt == 'csv' else 'csv'}"
+        if other.exists():
+            other.unlink()
+        if fmt == "csv":
+            out = table.copy()
+            for column in out.columns:
+                if pd.api.types.is_datetime64_any_dtype(out[column]):
+                    out[column] = _timestamps_as_iso(out[column])
+            out.to_csv(path, index=False, lineterminator="\n")
+        else:
+            table.to_parquet(path, index=False)
+        written.append(path)
+    return written
+
+
+def dataset_fingerprint(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Stable sha256 of canonical content: independent of row and column order.
+
+    Args:
+        tables: Canonical tables.
+
+    Returns:
+        Hex digest covering table names, column names, dtypes and every row's values.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tables):
+        table = tables[name]
+        columns = sorted(map(str, table.columns))
+        digest.update(f"table:{name}\n".encode())
+        for column in columns:
+            digest.update(f"column:{column}:{table[column].dtype}\n".encode())
+        if len(table):
+            ordered = table[columns]
+            row_hashes = pd.util.hash_pandas_object(ordered, index=False).to_numpy().astype("<u8")
+            row_hashes.sort()
+            digest.update(row_hashes.tobytes())
+    return digest.hexdigest()
