@@ -1,0 +1,205 @@
+"""Configuration of the prediction service: defaults from `serving/serving.yaml`, overrides from env.
+
+Only the service edge (serving/service.py, training/cmd_serve.py) reads the environment; everything
+else receives a `ServiceConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("serving.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value (file or environment variable) is invalid."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service needs to know that is not a request.
+
+    Attributes:
+        api_token: Bearer token required on prediction and admin endpoints (None = not configured).
+        model_alias: Registry alias to serve (``champion`` by default).
+        tracking_uri: MLflow tracking URI (None = MLflow's own default).
+        data_dir: Dataset directory used by ``GET /v1/forecast`` (None = forecast unavailable).
+        model_names: Model kind (win/amount/churn) -> registered model name.
+        required_models: Model kinds that must load before ``/readyz`` answers 200.
+        max_records: Largest number of records accepted in one request.
+        max_body_bytes: Largest request body accepted, in bytes.
+        request_timeout_s: Time after which a request is answered 504.
+        workers: Number of BentoML worker processes.
+        grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
+        risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
+        top_k_factors: Number of signed contributions returned per record.
+    """
+
+    api_token: str | None = None
+    model_alias: str = "champion"
+    tracking_uri: str | None = None
+    data_dir: Path | None = None
+    model_names: Mapping[str, str] = field(
+        default_factory=lambda: {"win": "revcast-win", "amount": "revcast-amount", "churn": "revcast-churn"}
+    )
+    required_models: tuple[str, ...] = ("win", "churn")
+    max_records: int = 2000
+    max_body_bytes: int = 16 * 1024 * 1024
+    request_timeout_s: float = 60.0
+    workers: int = 1
+    grade_cuts: Mapping[str, float] = field(default_factory=lambda: {"A": 0.6, "B": 0.4, "C": 0.2})
+    risk_band_cuts: Mapping[str, float] = field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
+    top_k_factors: int = 5
+
+    def __post_init__(self) -> None:
+        """Check the values that would otherwise fail only at request time."""
+        if self.max_records < 1:
+            raise ConfigError(f"max_records must be >= 1, got {self.max_records}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
+            raise ConfigError(f"request_timeout_s must be a positive number, got {self.request_timeout_s}")
+        _check_cuts("grade_cuts", self.grade_cuts, ["A", "B", "C"])
+        _check_cuts("risk_band_cuts", self.risk_band_cuts, ["high", "medium"])
+        unknown = set(self.required_models) - set(self.model_names)
+        if unknown:
+            raise ConfigError(f"required_models names unknown model kinds: {sorted(unknown)}")
+
+
+def _check_cuts(name: str, cuts: Mapping[str, float], order: list[str]) -> None:
+    """Cut points must name every band, lie in (0, 1) and decrease from the best band down."""
+    if sorted(cuts) != sorted(order):
+        raise ConfigError(f"{name} must give exactly {order}, got {sorted(cuts)}")
+    values = [float(cuts[key]) for key in order]
+    if not all(0.0 < value < 1.0 for value in values):
+        raise ConfigError(f"{name} must lie strictly between 0 and 1, got {dict(cuts)}")
+    if any(a <= b for a, b in zip(values, values[1:], strict=False)):
+        raise ConfigError(f"{name} must decrease in the order {order}, got {dict(cuts)}")
+
+
+def _parse_cuts(name: str, text: str, order: list[str]) -> dict[str, float]:
+    """Parse ``"0.6,0.4,0.2"`` into ``{"A": 0.6, "B": 0.4, "C": 0.2}``."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if len(parts) != len(order):
+        raise ConfigError(
+            f"{name} needs {len(order)} comma-separated numbers ({', '.join(order)}), got {text!r}"
+        )
+    try:
+        return {key: float(part) for key, part in zip(order, parts, strict=True)}
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a number in {text!r}") from exc
+
+
+def _int(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {text!r}") from exc
+
+
+def _float(name: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from exc
+
+
+def load_defaults(path: Path = DEFAULTS_FILE) -> dict[str, Any]:
+    """Read the default service settings shipped with the package."""
+    with open(path, encoding="utf-8") as handle:
+        return dict(yaml.safe_load(handle) or {})
+
+
+def config_from_env(
+    environ: Mapping[str, str] | None = None, defaults: Mapping[str, Any] | None = None
+) -> ServiceConfig:
+    """Build the service configuration from the defaults file and environment variables.
+
+    Environment variables (all optional): ``REVCAST_API_TOKEN``, ``REVCAST_MODEL_ALIAS``,
+    ``MLFLOW_TRACKING_URI``, ``REVCAST_DATA_DIR``, ``REVCAST_MAX_RECORDS``, ``REVCAST_MAX_BODY_BYTES``,
+    ``REVCAST_REQUEST_TIMEOUT_S``, ``REVCAST_WORKERS``, ``REVCAST_GRADE_CUTS`` (``"0.6,0.4,0.2"``),
+    ``REVCAST_RISK_BAND_CUTS`` (``"0.5,0.2"``), ``REVCAST_TOP_FACTORS``, ``REVCAST_REQUIRED_MODELS``
+    (``"win,churn"``).
+
+    Args:
+        environ: The environment to read (default: ``os.environ``).
+        defaults: Default settings (default: ``serving/serving.yaml``).
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: When a value is malformed; the message names the variable.
+    """
+    env = os.environ if environ is None else environ
+    base = dict(load_defaults() if defaults is None else defaults)
+    values: dict[str, Any] = {
+        "model_alias": base.get("model_alias", "champion"),
+        "model_names": dict(base.get("model_names", ServiceConfig().model_names)),
+        "required_models": tuple(base.get("required_models", ServiceConfig.required_models)),
+        "max_records": int(base.get("max_records", ServiceConfig.max_records)),
+        "max_body_bytes": int(base.get("max_body_bytes", ServiceConfig.max_body_bytes)),
+        "request_timeout_s": float(base.get("request_timeout_s", ServiceConfig.request_timeout_s)),
+        "workers": int(base.get("workers", ServiceConfig.workers)),
+        "grade_cuts": dict(base.get("grade_cuts", ServiceConfig().grade_cuts)),
+        "risk_band_cuts": dict(base.get("risk_band_cuts", ServiceConfig().risk_band_cuts)),
+        "top_k_factors": int(base.get("top_k_factors", ServiceConfig.top_k_factors)),
+    }
+    if env.get("REVCAST_API_TOKEN"):
+        values["api_token"] = env["REVCAST_API_TOKEN"]
+    if env.get("REVCAST_MODEL_ALIAS"):
+        values["model_alias"] = env["REVCAST_MODEL_ALIAS"]
+    if env.get("MLFLOW_TRACKING_URI"):
+        values["tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    if env.get("REVCAST_DATA_DIR"):
+        values["data_dir"] = Path(env["REVCAST_DATA_DIR"])
+    if env.get("REVCAST_MAX_RECORDS"):
+        values["max_records"] = _int("REVCAST_MAX_RECORDS", env["REVCAST_MAX_RECORDS"])
+    if env.get("REVCAST_MAX_BODY_BYTES"):
+        values["max_body_bytes"] = _int("REVCAST_MAX_BODY_BYTES", env["REVCAST_MAX_BODY_BYTES"])
+    if env.get("REVCAST_REQUEST_TIMEOUT_S"):
+        values["request_timeout_s"] = _float("REVCAST_REQUEST_TIMEOUT_S", env["REVCAST_REQUEST_TIMEOUT_S"])
+    if env.get("REVCAST_WORKERS"):
+        values["workers"] = _int("REVCAST_WORKERS", env["REVCAST_WORKERS"])
+    if env.get("REVCAST_GRADE_CUTS"):
+        values["grade_cuts"] = _parse_cuts("REVCAST_GRADE_CUTS", env["REVCAST_GRADE_CUTS"], ["A", "B", "C"])
+    if env.get("REVCAST_RISK_BAND_CUTS"):
+        values["risk_band_cuts"] = _parse_cuts(
+            "REVCAST_RISK_BAND_CUTS", env["REVCAST_RISK_BAND_CUTS"], ["high", "medium"]
+        )
+    if env.get("REVCAST_TOP_FACTORS"):
+        values["top_k_factors"] = _int("REVCAST_TOP_FACTORS", env["REVCAST_TOP_FACTORS"])
+    if env.get("REVCAST_REQUIRED_MODELS") is not None:
+        values["required_models"] = tuple(
+            part.strip() for part in env["REVCAST_REQUIRED_MODELS"].split(",") if part.strip()
+        )
+    return ServiceConfig(**values)
+
+
+def grade_for(probability: float, cuts: Mapping[str, float]) -> str:
+    """Map a win probability to a grade A-D using the configured lower bounds."""
+    for grade in ("A", "B", "C"):
+        if probability >= cuts[grade]:
+            return grade
+    return "D"
+
+
+def risk_band_for(probability: float, cuts: Mapping[str, float]) -> str:
+    """Map a churn probability to ``high``/``medium``/``low`` using the configured lower bounds."""
+    if probability >= cuts["high"]:
+        return "high"
+    if probability >= cuts["medium"]:
+        return "medium"
+    return "low"
+
+
+def score_for(probability: float) -> int:
+    """The 1-99 score shown to users: the probability in percent, clipped so it never reads as certain."""
+    return int(min(99, max(1, round(probability * 100))))
