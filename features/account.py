@@ -1,0 +1,400 @@
+"""As-of features of subscribed accounts (churn model).
+
+One DuckDB query per block computes a whole series of as-of dates. An account is in the population at
+T when at least one subscription is active at T (start_date <= T and not end_date <= T). An end_date
+after T is never visible at T: renewal dates come from start_date + term (the `term_months` column when
+present, else the typical length of the account's subscriptions that had already ended by T).
+Usage features are computed for every numeric usage column, including unknown extra metrics.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from features.params import FeatureParams, load_params
+from features.sql import AsOfArg, connect, dates_frame, days_between, finish_frame, shaped_table
+
+CATEGORICAL_OUTPUT = ["acct_industry", "acct_segment", "acct_region"]
+DAYS_PER_MONTH = 30.4375
+
+SUBSCRIPTION_COLUMNS = {
+    "subscription_id": "str",
+    "account_id": "str",
+    "start_date": "ts",
+    "end_date": "ts",
+    "mrr": "num",
+    "auto_renew": "num",
+    "term_months": "num",
+}
+TICKET_COLUMNS = {
+    "account_id": "str",
+    "opened_at": "ts",
+    "resolved_at": "ts",
+    "priority": "lstr",
+    "csat": "num",
+    "first_contact_resolved": "num",
+}
+SURVEY_COLUMNS = {"account_id": "str", "responded_at": "ts", "kind": "lstr", "score": "num"}
+TOUCH_COLUMNS = {"account_id": "str", "occurred_at": "ts"}
+OPEN_OPP_COLUMNS = {
+    "opportunity_id": "str",
+    "account_id": "str",
+    "created_at": "ts",
+    "closed_at": "ts",
+    "type": "lstr",
+}
+HISTORY_AMOUNT_COLUMNS = {"opportunity_id": "str", "changed_at": "ts", "amount": "num"}
+ACCOUNT_COLUMNS = {
+    "account_id": "str",
+    "created_at": "ts",
+    "industry": "lstr",
+    "segment": "lstr",
+    "region": "lstr",
+    "employees": "num",
+    "annual_revenue": "num",
+}
+USAGE_KEY_COLUMNS = ("account_id", "date")
+
+
+def metric_feature_name(column: str) -> str:
+    """Feature-name form of a usage column: lower case, non-alphanumerics as underscores."""
+    return re.sub(r"[^0-9a-z]+", "_", str(column).lower()).strip("_")
+
+
+def usage_long(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, list[str]]:
+    """Usage in long form (account_id, date, metric, value) for every numeric usage column.
+
+    Args:
+        tables: Canonical tables; a missing usage table gives an empty frame.
+
+    Returns:
+        The long frame (rows with a missing value dropped, they carry no measurement) and the metric
+        names in column order.
+    """
+    usage = tables.get("usage")
+    empty = pd.DataFrame(
+        {
+            "account_id": pd.Series([], dtype=object),
+            "date": pd.Series([], dtype="datetime64[ns]"),
+            "metric": pd.Series([], dtype=object),
+            "value": pd.Series([], dtype="float64"),
+        }
+    )
+    if usage is None or usage.empty:
+        return empty, []
+    metric_columns = [
+        c for c in usage.columns if c not in USAGE_KEY_COLUMNS and pd.api.types.is_numeric_dtype(usage[c])
+    ]
+    if not metric_columns:
+        return empty, []
+    keys = shaped_table(tables, "usage", {"account_id": "str", "date": "ts"})
+    wide = pd.concat([keys, usage[metric_columns].reset_index(drop=True).astype("float64")], axis=1)
+    names = {c: metric_feature_name(c) for c in metric_columns}
+    wide = wide.rename(columns=names)
+    metrics = list(dict.fromkeys(names.values()))
+    long = wide.melt(
+        id_vars=["account_id", "date"], value_vars=metrics, var_name="metric", value_name="value"
+    )
+    return long.dropna(subset=["value"]).reset_index(drop=True), metrics
+
+
+def _windows(params: FeatureParams) -> dict[str, int]:
+    ap = params.account
+    return {
+        "recent": ap.usage_recent_days,
+        "trend": ap.usage_recent_days + ap.usage_previous_days,
+        "baseline": ap.usage_recent_days + ap.usage_baseline_days,
+    }
+
+
+def account_query(params: FeatureParams) -> str:
+    """SQL computing the non-usage account features for every (active account, as_of) pair.
+
+    Expects registered relations: subs, tickets, surveys, touches, open_opps, hist_amount, accts, dates.
+    """
+    ap = params.account
+    high = ", ".join(f"'{p}'" for p in ap.high_priorities) or "NULL"
+    opp_types = ", ".join(f"'{t}'" for t in ap.open_opportunity_types) or "NULL"
+    mrr_changes = ",\n       ".join(
+        f"pop.mrr - COALESCE(m{w}.mrr, 0) AS acct_mrr_change_{w}d" for w in ap.mrr_change_windows_days
+    )
+    mrr_joins = "\n".join(
+        f"""LEFT JOIN (
+    SELECT s.account_id, d.as_of, SUM(s.mrr) AS mrr
+    FROM subs s JOIN dates d
+      ON s.start_date <= d.start_{w}d AND (s.end_date IS NULL OR s.end_date > d.start_{w}d)
+    GROUP BY s.account_id, d.as_of
+) m{w} ON m{w}.account_id = pop.account_id AND m{w}.as_of = pop.as_of"""
+        for w in ap.mrr_change_windows_days
+    )
+    ticket_counts = ",\n           ".join(
+        f"SUM(CASE WHEN t.opened_at > p.start_{w}d THEN 1 ELSE 0 END) AS acct_tickets_{w}d"
+        for w in ap.ticket_windows_days
+    )
+    touch_counts = ",\n           ".join(
+        f"SUM(CASE WHEN a.occurred_at > p.start_{w}d THEN 1 ELSE 0 END) AS acct_touches_{w}d"
+        for w in ap.touch_windows_days
+    )
+    share_window = max(ap.ticket_windows_days)
+    return f"""
+WITH
+active AS (
+    SELECT s.*, d.as_of
+    FROM subs s JOIN dates d ON s.start_date <= d.as_of AND (s.end_date IS NULL OR s.end_date > d.as_of)
+),
+ended_terms AS (
+    -- Typical term of the account's subscriptions that had ended by T (their end_date is visible).
+    SELECT s.account_id, d.as_of,
+           ROUND(AVG({days_between("s.start_date", "s.end_date")} / {DAYS_PER_MONTH})) AS term_months
+    FROM subs s JOIN dates d ON s.end_date <= d.as_of
+    WHERE s.end_date > s.start_date
+    GROUP BY s.account_id, d.as_of
+),
+active_terms AS (
+    SELECT a.account_id, a.as_of, a.start_date, a.mrr, a.auto_renew,
+           CASE WHEN COALESCE(a.term_months, e.term_months) >= 1
+                THEN CAST(COALESCE(a.term_months, e.term_months) AS INTEGER) END AS term,
+           DATE_DIFF('month', a.start_date, a.as_of) AS months_elapsed
+    FROM active a LEFT JOIN ended_terms e ON e.account_id = a.account_id AND e.as_of = a.as_of
+),
+renewals AS (
+    SELECT account_id, as_of, mrr, auto_renew, term,
+           CASE WHEN term IS NULL THEN NULL
+                WHEN start_date + TO_MONTHS(CAST(FLOOR(months_elapsed / term) AS INTEGER) * term) > as_of
+                THEN start_date + TO_MONTHS(CAST(FLOOR(months_elapsed / term) AS INTEGER) * term)
+                ELSE start_date + TO_MONTHS((CAST(FLOOR(months_elapsed / term) AS INTEGER) + 1) * term)
+           END AS next_renewal
+    FROM active_terms
+),
+pop AS (
+    SELECT r.account_id, r.as_of,
+           SUM(r.mrr) AS mrr,
+           COUNT(*) AS n_active,
+           AVG(r.auto_renew) AS auto_renew_share,
+           MAX(r.term) AS term_months,
+           MIN(r.next_renewal) AS next_renewal
+    FROM renewals r
+    GROUP BY r.account_id, r.as_of
+),
+p AS (
+    SELECT pop.account_id, d.* FROM pop JOIN dates d ON d.as_of = pop.as_of
+),
+first_start AS (
+    SELECT s.account_id, d.as_of, MIN(s.start_date) AS first_start
+    FROM subs s JOIN dates d ON s.start_date <= d.as_of
+    GROUP BY s.account_id, d.as_of
+),
+tix AS (
+    SELECT p.account_id, p.as_of,
+           {ticket_counts},
+           SUM(CASE WHEN t.resolved_at IS NULL OR t.resolved_at > p.as_of THEN 1 ELSE 0 END)
+               AS acct_tickets_open_at_asof,
+           AVG(CASE WHEN t.resolved_at <= p.as_of THEN {days_between("t.opened_at", "t.resolved_at")} * 24.0 END)
+               AS acct_ticket_resolution_hours_mean,
+           AVG(CASE WHEN t.opened_at > p.start_{share_window}d AND t.priority IS NOT NULL
+                    THEN (CASE WHEN t.priority IN ({high}) THEN 1.0 ELSE 0.0 END) END)
+               AS acct_tickets_high_priority_share,
+           AVG(CASE WHEN t.resolved_at <= p.as_of THEN t.csat END) AS acct_ticket_csat_mean,
+           AVG(CASE WHEN t.resolved_at <= p.as_of THEN t.first_contact_resolved END) AS acct_ticket_fcr_rate
+    FROM p JOIN tickets t ON t.account_id = p.account_id AND t.opened_at <= p.as_of
+    GROUP BY p.account_id, p.as_of
+),
+sv AS (
+    SELECT account_id, kind, responded_at, score,
+           ROW_NUMBER() OVER (PARTITION BY account_id, kind ORDER BY responded_at, src_order) AS seq,
+           LAG(score) OVER (PARTITION BY account_id, kind ORDER BY responded_at, src_order) AS prev_score
+    FROM surveys WHERE score IS NOT NULL
+),
+surv AS (
+    SELECT p.account_id, p.as_of,
+           MAX_BY(CASE WHEN s.kind = 'nps' THEN s.score END, CASE WHEN s.kind = 'nps' THEN s.seq END) AS acct_nps_latest,
+           MAX_BY(CASE WHEN s.kind = 'nps' THEN s.score - s.prev_score END, CASE WHEN s.kind = 'nps' THEN s.seq END)
+               AS acct_nps_change,
+           MIN(CASE WHEN s.kind = 'nps' THEN {days_between("s.responded_at", "p.as_of")} END) AS acct_days_since_nps,
+           MAX_BY(CASE WHEN s.kind = 'csat' THEN s.score END, CASE WHEN s.kind = 'csat' THEN s.seq END)
+               AS acct_csat_latest,
+           MAX_BY(CASE WHEN s.kind = 'ces' THEN s.score END, CASE WHEN s.kind = 'ces' THEN s.seq END) AS acct_ces_latest
+    FROM p JOIN sv s ON s.account_id = p.account_id AND s.responded_at <= p.as_of
+    GROUP BY p.account_id, p.as_of
+),
+tch AS (
+    SELECT p.account_id, p.as_of,
+           {touch_counts},
+           MIN({days_between("a.occurred_at", "p.as_of")}) AS acct_days_since_touch
+    FROM p JOIN touches a ON a.account_id = p.account_id AND a.occurred_at <= p.as_of
+    GROUP BY p.account_id, p.as_of
+),
+open_ro AS (
+    SELECT p.account_id, p.as_of, o.opportunity_id
+    FROM p JOIN open_opps o ON o.account_id = p.account_id AND o.created_at <= p.as_of
+        AND (o.closed_at IS NULL OR o.closed_at > p.as_of)
+    WHERE o.type IN ({opp_types})
+),
+open_ro_amount AS (
+    SELECT r.account_id, r.as_of, r.opportunity_id,
+           MAX_BY(h.amount, h.seq) AS amount
+    FROM open_ro r LEFT JOIN (
+        SELECT opportunity_id, changed_at, amount,
+               ROW_NUMBER() OVER (PARTITION BY opportunity_id ORDER BY changed_at, src_order) AS seq
+        FROM hist_amount WHERE amount IS NOT NULL
+    ) h ON h.opportunity_id = r.opportunity_id AND h.changed_at <= r.as_of
+    GROUP BY r.account_id, r.as_of, r.opportunity_id
+),
+ropp AS (
+    SELECT account_id, as_of, COUNT(*) AS acct_open_renewal_opps, SUM(amount) AS acct_open_renewal_amount
+    FROM open_ro_amount GROUP BY account_id, as_of
+)
+SELECT pop.account_id, pop.as_of,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.industry END AS acct_industry,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.segment END AS acct_segment,
+       CASE WHEN ac.account_id IS NOT NULL THEN ac.region END AS acct_region,
+       CASE WHEN ac.account_id IS NOT NULL THEN {days_between("ac.created_at", "pop.as_of")} END AS acct_tenure_days,
+       {days_between("fs.first_start", "pop.as_of")} AS acct_subscription_tenure_days,
+       pop.mrr AS acct_mrr,
+       {mrr_changes},
+       pop.n_active AS acct_active_subscriptions,
+       pop.auto_renew_share AS acct_auto_renew_share,
+       pop.term_months AS acct_term_months,
+       {days_between("pop.as_of", "pop.next_renewal")} AS acct_days_to_renewal,
+       tix.* EXCLUDE (account_id, as_of),
+       surv.* EXCLUDE (account_id, as_of),
+       tch.* EXCLUDE (account_id, as_of),
+       COALESCE(ropp.acct_open_renewal_opps, 0) AS acct_open_renewal_opps,
+       CASE WHEN ropp.acct_open_renewal_opps > 0 THEN ropp.acct_open_renewal_amount ELSE 0 END
+           AS acct_open_renewal_amount,
+       ac.employees AS acct_employees,
+       ac.annual_revenue AS acct_annual_revenue,
+       12.0 * pop.mrr AS arr
+FROM pop
+{mrr_joins}
+LEFT JOIN first_start fs ON fs.account_id = pop.account_id AND fs.as_of = pop.as_of
+LEFT JOIN tix ON tix.account_id = pop.account_id AND tix.as_of = pop.as_of
+LEFT JOIN surv ON surv.account_id = pop.account_id AND surv.as_of = pop.as_of
+LEFT JOIN tch ON tch.account_id = pop.account_id AND tch.as_of = pop.as_of
+LEFT JOIN ropp ON ropp.account_id = pop.account_id AND ropp.as_of = pop.as_of
+LEFT JOIN accts ac ON ac.account_id = pop.account_id AND ac.created_at <= pop.as_of
+ORDER BY pop.as_of, pop.account_id
+"""
+
+
+def usage_query(params: FeatureParams) -> str:
+    """SQL computing per-metric usage statistics for every (active account, as_of, metric).
+
+    Expects registered relations: usage_long, population (account_id, as_of), dates.
+    """
+    w = _windows(params)
+    recent, trend, baseline = w["recent"], w["trend"], w["baseline"]
+    in_trend = f"u.date > p.start_{trend}d"
+    return f"""
+WITH p AS (
+    SELECT pop.account_id, d.* FROM population pop JOIN dates d ON d.as_of = pop.as_of
+)
+SELECT p.account_id, p.as_of, u.metric,
+       AVG(CASE WHEN u.date > p.start_{recent}d THEN u.value END) AS mean_recent,
+       AVG(CASE WHEN {in_trend} AND u.date <= p.start_{recent}d THEN u.value END) AS mean_previous,
+       AVG(CASE WHEN u.date > p.start_{baseline}d AND u.date <= p.start_{recent}d THEN u.value END) AS mean_baseline,
+       REGR_SLOPE(CASE WHEN {in_trend} THEN u.value END,
+                  CASE WHEN {in_trend} THEN {days_between(f"p.start_{trend}d", "u.date")} END) AS slope,
+       MIN({days_between("u.date", "p.as_of")}) AS days_since
+FROM p JOIN usage_long u ON u.account_id = p.account_id AND u.date <= p.as_of
+    AND u.date > p.start_{max(trend, baseline)}d
+GROUP BY p.account_id, p.as_of, u.metric
+"""
+
+
+def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeatureParams) -> pd.DataFrame:
+    ap = params.account
+    w = _windows(params)
+    stats = long_stats.copy()
+    ratio_ok = stats["mean_previous"] > 0
+    stats["trend"] = (stats["mean_recent"] / stats["mean_previous"] - 1.0).where(ratio_ok)
+    base_ok = stats["mean_baseline"] > 0
+    stats["drop"] = (1.0 - stats["mean_recent"] / stats["mean_baseline"]).where(base_ok)
+    names = {
+        "mean_recent": f"mean_{ap.usage_recent_days}d",
+        "mean_previous": f"mean_prev{ap.usage_previous_days}d",
+        "trend": f"trend_{w['trend']}d",
+        "slope": f"slope_{w['trend']}d",
+        "drop": "drop_vs_baseline",
+    }
+    wide = stats.pivot(index=["account_id", "as_of"], columns="metric", values=list(names))
+    columns = {}
+    for metric in metrics:
+        for stat, suffix in names.items():
+            key = (stat, metric)
+            columns[f"acct_usage_{metric}_{suffix}"] = wide[key] if key in wide.columns else float("nan")
+    out = pd.DataFrame(columns, index=wide.index)
+    out["acct_usage_days_since_last"] = stats.groupby(["account_id", "as_of"])["days_since"].min()
+    return out.reset_index()
+
+
+def build_account_features(
+    tables: dict[str, pd.DataFrame],
+    as_of: AsOfArg,
+    params: FeatureParams | None = None,
+) -> pd.DataFrame:
+    """Features of every account with an active subscription at each as-of date.
+
+    Args:
+        tables: Canonical tables; needs `subscriptions`, uses accounts, usage, tickets, surveys,
+            activities, opportunities and opportunity_history when present.
+        as_of: One as-of date or a sequence (computed together).
+        params: Feature parameters; None loads features/params.yaml.
+
+    Returns:
+        One row per (account_id, as_of), sorted by as_of then account_id: account_id, as_of, the
+        acct_* features (str categoricals or float64), per-metric `acct_usage_<metric>_*` features
+        for every numeric usage column, and `arr` (12 x MRR at as_of; a value column, not a feature).
+    """
+    params = params or load_params()
+    if "subscriptions" not in tables:
+        raise KeyError("build_account_features needs the 'subscriptions' table")
+    ap = params.account
+    windows = _windows(params)
+    dates = dates_frame(
+        as_of,
+        {
+            *ap.mrr_change_windows_days,
+            *ap.ticket_windows_days,
+            *ap.touch_windows_days,
+            *windows.values(),
+            max(windows["trend"], windows["baseline"]),
+        },
+    )
+    surveys = shaped_table(tables, "surveys", SURVEY_COLUMNS)
+    surveys["src_order"] = range(len(surveys))
+    history = shaped_table(tables, "opportunity_history", HISTORY_AMOUNT_COLUMNS)
+    history["src_order"] = range(len(history))
+    long, metrics = usage_long(tables)
+    con = connect()
+    try:
+        con.register("subs", shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS))
+        con.register("tickets", shaped_table(tables, "tickets", TICKET_COLUMNS))
+        con.register("surveys", surveys)
+        con.register("touches", shaped_table(tables, "activities", TOUCH_COLUMNS))
+        con.register("open_opps", shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS))
+        con.register("hist_amount", history)
+        con.register("accts", shaped_table(tables, "accounts", ACCOUNT_COLUMNS))
+        con.register("dates", dates)
+        base = con.execute(account_query(params)).df()
+        if metrics:
+            con.register("usage_long", long)
+            con.register("population", base[["account_id", "as_of"]])
+            usage_stats = con.execute(usage_query(params)).df()
+        else:
+            usage_stats = None
+    finally:
+        con.close()
+    base = finish_frame(base, ["account_id", *CATEGORICAL_OUTPUT])
+    count_columns = [f"acct_tickets_{w}d" for w in ap.ticket_windows_days] + ["acct_tickets_open_at_asof"]
+    count_columns += [f"acct_touches_{w}d" for w in ap.touch_windows_days]
+    base[count_columns] = base[count_columns].fillna(0.0)
+    if usage_stats is not None:
+        usage_stats["as_of"] = pd.to_datetime(usage_stats["as_of"]).astype("datetime64[ns]")
+        wide = _usage_wide(usage_stats, metrics, params)
+        base = base.merge(wide, on=["account_id", "as_of"], how="left")
+    value = base.pop("arr")
+    base["arr"] = value
+    return base.sort_values(["as_of", "account_id"]).reset_index(drop=True)
