@@ -47,21 +47,6 @@ TRAINING_PARAMS_PATH = Path(__file__).with_name("params.yaml")
 ModelName = Literal["win", "amount", "churn"]
 MODELS: tuple[str, ...] = ("win", "amount", "churn")
 
-# Columns whose latest value is "the export date" (the moment the data describes). Quotas and
-# expected close dates / subscription end dates can legitimately lie in the future, so they are
-# not listed.
-EXPORT_TIME_COLUMNS: dict[str, tuple[str, ...]] = {
-    "accounts": ("created_at",),
-    "opportunities": ("created_at", "closed_at"),
-    "opportunity_history": ("changed_at",),
-    "activities": ("occurred_at",),
-    "subscriptions": ("start_date",),
-    "usage": ("date",),
-    "tickets": ("opened_at",),
-    "surveys": ("responded_at",),
-}
-
-
 # ============================================================================ configuration
 
 
@@ -95,28 +80,14 @@ def load_training_params(
 def export_timestamp(tables: Mapping[str, pd.DataFrame]) -> pd.Timestamp:
     """The moment the data describes: the latest event timestamp in the tables.
 
-    Args:
-        tables: Canonical tables.
-
-    Returns:
-        The maximum over the event-time columns listed in ``EXPORT_TIME_COLUMNS``.
+    Delegates to ``features.labels.data_export_date`` so that labels, splits and scoring agree.
 
     Raises:
         ValueError: No timestamp at all.
     """
-    latest: list[pd.Timestamp] = []
-    for table, columns in EXPORT_TIME_COLUMNS.items():
-        frame = tables.get(table)
-        if frame is None or frame.empty:
-            continue
-        for column in columns:
-            if column in frame.columns:
-                value = pd.to_datetime(frame[column]).max()
-                if pd.notna(value):
-                    latest.append(pd.Timestamp(value))
-    if not latest:
-        raise ValueError("the tables hold no timestamps: cannot tell the export date")
-    return max(latest)
+    from features.labels import data_export_date
+
+    return pd.Timestamp(data_export_date(dict(tables)))
 
 
 # ============================================================================ the out-of-time split
@@ -565,8 +536,9 @@ def _classifier_pipeline(
 
     baseline_predictions: dict[str, np.ndarray] = {}
     for name, estimator in baselines.items():
-        fitted = estimator.fit(train, y_train)
-        baseline_predictions[name] = np.asarray(fitted.predict_proba(test)[:, 1], dtype=float)
+        # Baselines see exactly the model's features (never ids, labels or value columns).
+        fitted = estimator.fit(train[feature_names], y_train)
+        baseline_predictions[name] = np.asarray(fitted.predict_proba(test[feature_names])[:, 1], dtype=float)
 
     evaluation = evaluate_model(
         "classifier",
@@ -651,25 +623,23 @@ def default_baselines(model: str, tables: Mapping[str, pd.DataFrame], feature_pa
 
     if model == "win":
         categorical = categorical_columns("opportunity", feature_params)
-        numeric = list(feature_params.opportunity_features.numeric)
         return {
             "base_rate": bl.BaseRateBaseline(),
             "stage_rate": bl.StageRateBaseline(stage_column="opp_stage"),
             "naive_bayes": bl.NaiveBayesFrequencyBaseline(columns=categorical),
-            "logistic_regression": bl.LogisticRegressionBaseline(categorical=categorical, numeric=numeric),
+            "logistic_regression": bl.LogisticRegressionBaseline(categorical_columns=categorical),
         }
     if model == "churn":
         categorical = categorical_columns("account", feature_params)
-        numeric = list(feature_params.account_features.numeric)
         return {
             "base_rate": bl.BaseRateBaseline(),
-            "logistic_regression": bl.LogisticRegressionBaseline(categorical=categorical, numeric=numeric),
+            "logistic_regression": bl.LogisticRegressionBaseline(categorical_columns=categorical),
             "rule_of_thumb": bl.RuleOfThumbChurnBaseline(),
         }
     if model == "amount":
         return {
             "as_of_amount": bl.AsOfAmountBaseline(amount_column="opp_amount"),
-            "list_price": bl.ListPriceBaseline(products=tables.get("products"), product_column="opp_product"),
+            "list_price": bl.ListPriceBaseline(product_column="opp_product", products=tables.get("products")),
         }
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
@@ -1016,7 +986,8 @@ def train_amount_model(
     prediction = bundle.predict(test)
     baseline_predictions = {}
     for name, estimator in default_baselines("amount", tables, feature_params).items():
-        baseline_predictions[name] = np.asarray(estimator.fit(train, y_train).predict(test), dtype=float)
+        fitted = estimator.fit(train[feature_names], y_train)
+        baseline_predictions[name] = np.asarray(fitted.predict(test[feature_names]), dtype=float)
     evaluation = evaluate_model(
         "regressor",
         y_test,
