@@ -231,6 +231,21 @@ def _parse_column(values: pd.Series, column: ColumnSpec) -> tuple[pd.Series, pd.
     return _parse_labels(values, column)
 
 
+def _infer_extra_column(name: str, values: pd.Series) -> pd.Series:
+    """Text extra column (e.g. from CSV): numeric when every value is a plain number, else text.
+
+    Ids (``*_id``) and codes with leading zeros ("007") stay text so that they are kept unchanged.
+    """
+    text = _clean_strings(values)
+    if name.endswith("_id") or text.isna().all():
+        return text
+    numbers, bad = _parse_numbers(text)
+    leading_zero = text.astype("string").str.match(r"^[+-]?0\d").fillna(False).astype(bool)
+    if bad.any() or leading_zero.any():
+        return text
+    return numbers
+
+
 def _empty_column(column: ColumnSpec, n_rows: int) -> pd.Series:
     if column.kind == "timestamp":
         return pd.Series(pd.NaT, index=range(n_rows), dtype="datetime64[ns]")
@@ -276,6 +291,8 @@ class _TableCheck:
         self.row_numbers = row_numbers
         self.drop = np.zeros(len(row_numbers), dtype=bool)
         self.touched = np.zeros(len(row_numbers), dtype=bool)
+        # Orphans whose parent row was itself skipped: reported, but the problem is counted upstream.
+        self.cascaded = np.zeros(len(row_numbers), dtype=bool)
         self.issues: list[Issue] = []
 
     def record(
@@ -402,7 +419,7 @@ def _validate_one(
             else:
                 canonical[name] = numbers
         elif values.dtype == object:
-            canonical[name] = _clean_strings(values)
+            canonical[name] = _infer_extra_column(name, values)
         else:
             canonical[name] = values
     table = pd.DataFrame(canonical)
@@ -439,6 +456,8 @@ def _validate_one(
         if not orphan.any():
             continue
         from_dropped = values[orphan].isin(dropped_keys.get(ref.parent_table, set()))
+        cascade_rows = np.flatnonzero(orphan)[from_dropped.to_numpy()]
+        check.cascaded[cascade_rows[~check.touched[cascade_rows]]] = True
         suffix = ""
         if from_dropped.any():
             suffix = f"; {int(from_dropped.sum())} of them point to {ref.parent_table} rows that were themselves skipped"
@@ -499,7 +518,7 @@ def _validate(
             spec, raw, source, first_row_numbers.get(name, 1), parent_keys, dropped_keys, report
         )
         report.skipped.extend(check.issues)
-        n_bad = int(check.touched.sum())
+        n_bad = int((check.touched & ~check.cascaded).sum())
         problems = [issue for issue in check.issues if issue.action != "kept"]
         if strict and problems:
             first = problems[0]
@@ -550,7 +569,10 @@ def validate_tables(
 
     Returns:
         The canonical tables (contract columns first, in contract order, missing optional
-        columns added as all-missing, then extra columns) and the validation report.
+        columns added as all-missing, then extra columns) and the validation report. Extra
+        columns are kept: in ``usage`` they must be numeric (metrics; otherwise kept as text and
+        reported); elsewhere text columns become float64 only when every value is a plain number
+        without leading zeros and the name does not end in ``_id``.
 
     Raises:
         DataValidationError: missing required table or column, too many bad rows, or any
