@@ -1,0 +1,180 @@
+"""Bundle format: round trip, integrity checks, categorical handling, explanations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.bundle import (
+    BundleIntegrityError,
+    ModelBundle,
+    apply_calibration,
+    prepare_features,
+    sigmoid,
+)
+
+
+def test_save_load_round_trip_gives_identical_predictions(bundle, frame, tmp_path):
+    path = bundle.save(tmp_path / "b")
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.txt", "state.json"]
+    loaded = ModelBundle.load(path)
+    np.testing.assert_array_equal(loaded.predict(frame), bundle.predict(frame))
+    np.testing.assert_array_equal(loaded.predict_raw(frame), bundle.predict_raw(frame))
+    assert loaded.sha256 == bundle.sha256
+    assert loaded.state["trained_as_of"] == "2026-01-01"
+    assert loaded.kind == "classifier" and loaded.feature_names == bundle.feature_names
+
+
+def test_manifest_lists_sha256_of_each_file(bundle, tmp_path):
+    import hashlib
+
+    path = bundle.save(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name in ("model.txt", "state.json"):
+        assert manifest["files"][name] == hashlib.sha256((path / name).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["model.txt", "state.json"])
+def test_tampering_raises_integrity_error_naming_the_file(bundle, tmp_path, name):
+    path = bundle.save(tmp_path / "b")
+    target = path / name
+    target.write_text(target.read_text().replace("1", "2", 1))
+    with pytest.raises(BundleIntegrityError, match=name):
+        ModelBundle.load(path)
+
+
+@pytest.mark.parametrize("name", ["model.txt", "state.json", "manifest.json"])
+def test_missing_file_raises_integrity_error(bundle, tmp_path, name):
+    path = bundle.save(tmp_path / "b")
+    (path / name).unlink()
+    with pytest.raises(BundleIntegrityError, match=name):
+        ModelBundle.load(path)
+
+
+def test_no_pickle_files_written(bundle, tmp_path):
+    path = bundle.save(tmp_path / "b")
+    for file in path.iterdir():
+        assert not file.read_bytes().startswith(b"\x80"), f"{file.name} looks like a pickle"
+
+
+def test_unseen_and_missing_category_become_nan_not_an_error(bundle, frame):
+    rows = frame.head(3).copy()
+    rows["cat_segment"] = ["never-seen-before", None, "enterprise"]
+    prepared = bundle.prepare(rows)
+    assert isinstance(prepared["cat_segment"].dtype, pd.CategoricalDtype)
+    assert list(prepared["cat_segment"].cat.categories) == ["enterprise", "mid", "smb"]
+    assert prepared["cat_segment"].isna().tolist() == [True, True, False]
+    unseen = bundle.predict(rows)
+    missing = rows.copy()
+    missing["cat_segment"] = [None, None, "enterprise"]
+    # An unseen value must behave exactly like a missing one.
+    np.testing.assert_array_equal(unseen, bundle.predict(missing))
+
+
+def test_category_encoding_does_not_depend_on_row_order_or_subset(bundle, frame):
+    # A frame holding only one category would get different codes without the stored lists.
+    only_smb = frame[frame["cat_segment"] == "smb"].head(5)
+    full = bundle.predict(frame)
+    np.testing.assert_allclose(bundle.predict(only_smb), full[only_smb.index.to_numpy()])
+
+
+def test_pandas_categorical_mismatch_is_refused(bundle):
+    import lightgbm as lgb
+
+    with pytest.raises(ValueError, match="pandas_categorical"):
+        ModelBundle.from_booster(
+            lgb.Booster(model_str=bundle.model_text),
+            model="win",
+            kind="classifier",
+            feature_names=bundle.feature_names,
+            categorical={"cat_segment": ["mid", "enterprise", "smb"]},
+            calibration=None,
+        )
+
+
+def test_missing_feature_columns_are_named(bundle, frame):
+    with pytest.raises(ValueError, match="num_signal, cat_segment"):
+        bundle.predict(frame.drop(columns=["num_signal", "cat_segment"]))
+
+
+def test_non_numeric_value_in_numeric_feature_names_column_and_row(bundle, frame):
+    rows = frame.head(4).copy()
+    rows["num_noise"] = rows["num_noise"].astype(object)
+    rows.loc[rows.index[2], "num_noise"] = "abc"
+    with pytest.raises(ValueError, match=r"'num_noise'.*'abc'.*\[2\]"):
+        bundle.predict(rows)
+
+
+def test_numeric_strings_and_extra_columns_are_accepted(bundle, frame):
+    rows = frame.head(5).copy()
+    as_text = rows.assign(num_signal=rows["num_signal"].map(repr), unrelated="x")
+    np.testing.assert_allclose(bundle.predict(as_text), bundle.predict(rows))
+
+
+def test_explain_contributions_plus_expected_value_sum_to_raw_margin(bundle, frame):
+    contributions = bundle.contributions(frame)
+    np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), bundle.predict_raw(frame), atol=1e-9)
+    uncalibrated = bundle.predict_uncalibrated(frame)
+    np.testing.assert_allclose(sigmoid(bundle.predict_raw(frame)), uncalibrated, atol=1e-12)
+
+
+def test_explain_top_factors_sorted_signed_and_json_safe(bundle, frame):
+    rows = frame.head(20)
+    explanations = bundle.explain(rows, top_k=2)
+    contributions = bundle.contributions(rows)
+    assert len(explanations) == 20
+    for position, factors in enumerate(explanations):
+        assert len(factors) == 2
+        magnitudes = [abs(f["contribution"]) for f in factors]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        row = contributions.iloc[position].drop("expected_value")
+        assert magnitudes[0] == pytest.approx(row.abs().max())
+        json.dumps(factors, allow_nan=False)
+    # display names are used, raw values are reported (None for missing)
+    all_features = {f["feature"] for factors in bundle.explain(frame, top_k=3) for f in factors}
+    assert "signal strength" in all_features and "num_signal" not in all_features
+    missing_row = frame[frame["cat_segment"].isna()].head(1)
+    values = {f["feature"]: f["value"] for f in bundle.explain(missing_row, top_k=3)[0]}
+    assert values["cat_segment"] is None
+
+
+def test_calibration_is_applied_and_stored(frame, bundle_factory, tmp_path):
+    calibration = {"method": "isotonic", "x": [0.0, 0.5, 1.0], "y": [0.1, 0.2, 0.9]}
+    calibrated = bundle_factory(frame, calibration=calibration)
+    raw = calibrated.predict_uncalibrated(frame)
+    np.testing.assert_allclose(calibrated.predict(frame), np.interp(raw, [0, 0.5, 1], [0.1, 0.2, 0.9]))
+    reloaded = ModelBundle.load(calibrated.save(tmp_path / "c"))
+    assert reloaded.state["calibration"] == calibration
+    assert reloaded.sha256 != bundle_factory(frame).sha256
+
+
+def test_apply_calibration_platt_and_unknown_method():
+    scores = np.array([0.1, 0.5, 0.9])
+    np.testing.assert_allclose(apply_calibration({"method": "platt", "a": 1.0, "b": 0.0}, scores), scores)
+    np.testing.assert_allclose(apply_calibration(None, scores), scores)
+    with pytest.raises(ValueError, match="unknown calibration"):
+        apply_calibration({"method": "beta"}, scores)
+
+
+def test_regressor_bundle_predicts_values(frame, bundle_factory, tmp_path):
+    regressor = bundle_factory(frame, kind="regressor")
+    predictions = regressor.predict(frame)
+    assert predictions.min() > 0 and predictions.max() > 1000  # amounts, not probabilities
+    np.testing.assert_array_equal(
+        ModelBundle.load(regressor.save(tmp_path / "r")).predict(frame), predictions
+    )
+    contributions = regressor.contributions(frame)
+    np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), predictions, rtol=1e-9)
+
+
+def test_empty_frame_predicts_empty(bundle, frame):
+    assert bundle.predict(frame.head(0)).shape == (0,)
+
+
+def test_prepare_features_numeric_dtype_and_order(frame):
+    prepared = prepare_features(frame, ["num_noise", "num_signal"], {})
+    assert list(prepared.columns) == ["num_noise", "num_signal"]
+    assert all(dtype == np.float64 for dtype in prepared.dtypes)
