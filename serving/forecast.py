@@ -76,6 +76,7 @@ class ForecastParams:
             position in their quarter (captures the month-of-quarter pattern) when at least
             ``min_same_position`` of them exist.
         min_same_position: See ``monthly_same_position``.
+        min_analogs: Quarterly forecasts with fewer whole-quarter analogs add month-shifted ones.
         min_count: Minimum analog rows for a level of the state-matching hierarchy to be used.
         age_bins_days: Deal-age bucket edges (days since creation).
         close_date_bins_days: Buckets of (as-of expected close date - date), in days.
@@ -97,6 +98,7 @@ class ForecastParams:
     n_analogs: int | None = None
     monthly_same_position: bool = True
     min_same_position: int = 3
+    min_analogs: int = 3
     min_count: int = 30
     age_bins_days: tuple[float, ...] = (0, 14, 30, 60, 90, 180, 365)
     close_date_bins_days: tuple[float, ...] = (0, 30, 90)
@@ -421,30 +423,51 @@ class _Analogs:
 def _analogs(
     view: Tables, as_of: pd.Timestamp, period: PeriodKind, n_periods: int, params: ForecastParams
 ) -> _Analogs:
+    """Past analog dates: T moved back by whole periods (so every label window is complete by T).
+
+    Quarterly forecasts with fewer than ``min_analogs`` whole-quarter analogs also use analogs moved
+    back by whole months (same window length, different position in the quarter).
+    """
     first_start = period_floor(as_of, period)
     offset = as_of - first_start
     earliest = view["opportunities"]["created_at"].min()
+    months = _MONTHS_PER_PERIOD[period]
     n_analogs = params.n_analogs or (8 if period == "quarter" else 12)
-    shifts = []
-    j = n_periods
-    # Look further back than n_analogs when same-position filtering may discard some.
-    while len(shifts) < n_analogs * 3 + 3 and pd.notna(earliest):
-        date = shift_period(first_start, -j, period) + offset
-        if date < earliest:
-            break
-        shifts.append(j)
-        j += 1
+    min_shift = n_periods * months
+
+    def candidates(step: int, limit: int) -> list[int]:
+        found, shift = [], min_shift
+        while len(found) < limit and pd.notna(earliest):
+            if _analog_date(first_start, offset, shift) < earliest:
+                break
+            found.append(shift)
+            shift += step
+        return found
+
+    shifts = candidates(months, n_analogs)
     if period == "month" and params.monthly_same_position:
-        same = [s for s in shifts if s % 3 == 0]
+        same = [m for m in candidates(1, 3 * n_analogs) if m % 3 == 0]
         if len(same) >= params.min_same_position:
-            shifts = same
-    shifts = shifts[:n_analogs]
+            shifts = same[:n_analogs]
+    if period == "quarter" and len(shifts) < params.min_analogs:
+        shifts = candidates(1, 3 * n_analogs)
     dates, starts, ends = [], [], []
-    for s in shifts:
-        dates.append(shift_period(first_start, -s, period) + offset)
-        starts.append([shift_period(first_start, k - s, period) for k in range(n_periods)])
-        ends.append([shift_period(first_start, k + 1 - s, period) for k in range(n_periods)])
+    for shift in shifts:
+        window_starts = [
+            shift_period(first_start, k, period) - pd.DateOffset(months=shift) for k in range(n_periods)
+        ]
+        window_ends = [shift_period(w, 1, period) for w in window_starts]
+        # Keep the analog inside its first window (a short month can push start + offset past it).
+        dates.append(min(_analog_date(first_start, offset, shift), window_ends[0] - pd.Timedelta(seconds=1)))
+        starts.append(window_starts)
+        ends.append(window_ends)
     return _Analogs(dates=dates, starts=starts, ends=ends)
+
+
+def _analog_date(first_start: pd.Timestamp, offset: pd.Timedelta, shift_months: int) -> pd.Timestamp:
+    """T moved back ``shift_months`` (the same offset into its window)."""
+    start = pd.Timestamp(first_start) - pd.DateOffset(months=shift_months)
+    return start + offset
 
 
 def _label_analog_rows(rows: pd.DataFrame, analogs: _Analogs, n_periods: int) -> pd.DataFrame:
@@ -1026,3 +1049,28 @@ def _totals(frame: pd.DataFrame, sims: np.ndarray, windows: list, period: Period
 def with_params(params: ForecastParams | None, **changes: Any) -> ForecastParams:
     """Return ``params`` (or the defaults) with some fields changed."""
     return replace(params or ForecastParams(), **changes)
+
+
+def win_probabilities_from_bundle(
+    bundle: Any, tables: Tables, as_of: Any, current_state_as_of: Any = None
+) -> pd.Series:
+    """Calibrated P(win) of every deal open at ``as_of`` from a win-model bundle, by opportunity_id.
+
+    Args:
+        bundle: A loaded ``serving.bundle.ModelBundle`` of the win model.
+        tables: Canonical tables.
+        as_of: Scoring date.
+        current_state_as_of: Passed to the feature builder (export date when forecasting "now").
+
+    Returns:
+        Series of probabilities indexed by opportunity_id (empty when no deal is open).
+    """
+    from features.opportunity import build_opportunity_features
+
+    frame = build_opportunity_features(tables, pd.Timestamp(as_of), current_state_as_of=current_state_as_of)
+    if frame.empty:
+        return pd.Series(dtype=float)
+    probabilities = np.asarray(bundle.predict(frame), dtype=float)
+    return pd.Series(
+        probabilities, index=frame["opportunity_id"].astype(str).to_numpy(), name="win_probability"
+    )
