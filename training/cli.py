@@ -93,7 +93,9 @@ def train(
     id_col: Annotated[str | None, typer.Option(help="--table: the customer id column.")] = None,
     label_col: Annotated[str | None, typer.Option(help="--table: the churn label column.")] = None,
     positive: Annotated[str | None, typer.Option(help="--table: label value meaning 'churned'.")] = None,
-    time_col: Annotated[str | None, typer.Option(help="--table: a date column for an out-of-time split.")] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="--table: a date column for an out-of-time split.")
+    ] = None,
     tune: Annotated[int, typer.Option(help="Optuna trials (0 = no tuning).")] = 0,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the evaluation as JSON here.")] = None,
     register: Annotated[bool, typer.Option(help="Register the model with alias 'challenger'.")] = True,
@@ -137,7 +139,9 @@ def score(
     out: Annotated[Path, typer.Option(help="Output file (.csv, .parquet or .json).")],
     data: Annotated[Path | None, typer.Option(help="Dataset directory (canonical tables).")] = None,
     table: Annotated[Path | None, typer.Option(help="accounts only: a one-row-per-customer table.")] = None,
-    as_of: Annotated[str | None, typer.Option(help="Score as of this date (default: latest in data).")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Score as of this date (default: latest in data).")
+    ] = None,
     alias: Annotated[str, typer.Option(help="Registry alias to score with.")] = "champion",
 ) -> None:
     """Batch-score open deals or accounts with the registered champion."""
@@ -158,7 +162,9 @@ def forecast(
     """Forecast won revenue per period with a P10-P50-P90 range, or backtest the forecast."""
     from training.cmd_forecast import cmd_forecast
 
-    _run(cmd_forecast, data=data, as_of=as_of, period=period, by=by, backtest=backtest, metrics_out=metrics_out)
+    _run(
+        cmd_forecast, data=data, as_of=as_of, period=period, by=by, backtest=backtest, metrics_out=metrics_out
+    )
 
 
 # --------------------------------------------------------------------------- serve / quickstart
@@ -182,7 +188,9 @@ def quickstart(
     ),
     accounts: Annotated[int, typer.Option(help="Synthetic accounts to generate.")] = 600,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the service at the end.")] = False,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the service at the end.")
+    ] = False,
 ) -> None:
     """Synthetic CRM -> validation -> features -> train all models -> register -> (serve)."""
     from training.quickstart import cmd_quickstart

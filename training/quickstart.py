@@ -81,10 +81,22 @@ def cmd_quickstart(workdir: Path, accounts: int, seed: int, serve_after: bool) -
     t = _step("5/5 score open deals and active accounts with the champions")
     scores_dir = workdir / "scores"
     scores_dir.mkdir(exist_ok=True)
-    cmd_score(what="opportunities", out=scores_dir / "opportunities.csv", data=data_dir, table=None, as_of=None,
-              alias="champion")
-    cmd_score(what="accounts", out=scores_dir / "accounts.csv", data=data_dir, table=None, as_of=None,
-              alias="champion")
+    cmd_score(
+        what="opportunities",
+        out=scores_dir / "opportunities.csv",
+        data=data_dir,
+        table=None,
+        as_of=None,
+        alias="champion",
+    )
+    cmd_score(
+        what="accounts",
+        out=scores_dir / "accounts.csv",
+        data=data_dir,
+        table=None,
+        as_of=None,
+        alias="champion",
+    )
     _done(t)
 
     typer.secho("\nDone.", bold=True)
