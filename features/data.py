@@ -34,6 +34,8 @@ _ISO_RE = (
     r"^\d{4}-\d{2}-\d{2}"
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?)?$"
 )
+_ZONE_RE = r"[T ]\d{2}:\d{2}.*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+_ARROW_TEXT = "string[pyarrow]"
 _TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0"})
 
@@ -131,19 +133,37 @@ class ValidationReport:
 # --------------------------------------------------------------------------- value parsing
 
 
-def _clean_strings(values: pd.Series) -> pd.Series:
-    """Text form of any column: stripped str, empty -> None, integral floats without '.0'."""
+def _text(values: pd.Series) -> pd.Series:
+    """Arrow-backed stripped text of any column (empty -> NA); integral floats lose their '.0'.
+
+    Arrow strings keep the string work (strip, regex, lower-case) vectorised in C++.
+    """
     if pd.api.types.is_float_dtype(values):
         as_text = values.map(
             lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else repr(v))
         )
-        return as_text.astype(object)
+        return as_text.astype(_ARROW_TEXT)
     if pd.api.types.is_datetime64_any_dtype(values):
-        as_text = values.map(lambda v: None if pd.isna(v) else v.isoformat())
-        return as_text.astype(object)
-    text = values.astype("string").str.strip()
-    text = text.mask(text == "")
-    return text.astype(object).where(text.notna(), None)
+        return values.map(lambda v: None if pd.isna(v) else v.isoformat()).astype(_ARROW_TEXT)
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        # Mixed Python objects (e.g. JSON numbers in an id column): str() each present value.
+        values = values.map(lambda v: v if v is None or isinstance(v, str) or pd.isna(v) else str(v))
+    text = values.astype(_ARROW_TEXT).str.strip()
+    return text.mask(text == "")
+
+
+def _to_object(text: pd.Series) -> pd.Series:
+    """Canonical text column: object dtype holding str, missing = None."""
+    return pd.Series(text.to_numpy(dtype=object, na_value=None), index=text.index, dtype=object)
+
+
+def _clean_strings(values: pd.Series) -> pd.Series:
+    """Text form of any column: stripped str, empty -> None, integral floats without '.0'."""
+    return _to_object(_text(values))
+
+
+def _present(text: pd.Series) -> pd.Series:
+    return text.notna().astype(bool)
 
 
 def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -156,27 +176,18 @@ def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     inferred = pd.api.types.infer_dtype(values, skipna=True)
     if inferred in ("datetime", "date", "datetime64"):
         values = values.map(lambda v: v.isoformat() if isinstance(v, datetime | date) else v)
-    text = _clean_strings(values)
-    present = text.notna()
-    as_string = text.astype("string")
-    parts = as_string.str.extract(_ISO_RE)
-    well_formed = as_string.str.match(_ISO_RE).fillna(False).astype(bool)
-    has_zone = well_formed & parts["zone"].notna()
+    text = _text(values).str.replace(",", ".", regex=False)
+    present = _present(text)
+    well_formed = text.str.match(_ISO_RE).fillna(False).astype(bool)
+    has_zone = well_formed & text.str.contains(_ZONE_RE).fillna(False).astype(bool)
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     naive_rows = well_formed & ~has_zone
     if naive_rows.any():
-        naive = pd.to_datetime(
-            as_string[naive_rows].str.replace(",", ".", regex=False), format="ISO8601", errors="coerce"
-        )
+        naive = pd.to_datetime(_to_object(text[naive_rows]), format="ISO8601", errors="coerce")
         parsed.loc[naive_rows] = naive.astype("datetime64[ns]")
     if has_zone.any():
         # Zoned values are parsed separately: pandas applies one value's offset to naive neighbours.
-        aware = pd.to_datetime(
-            as_string[has_zone].str.replace(",", ".", regex=False),
-            format="ISO8601",
-            utc=True,
-            errors="coerce",
-        )
+        aware = pd.to_datetime(_to_object(text[has_zone]), format="ISO8601", utc=True, errors="coerce")
         parsed.loc[has_zone] = aware.dt.tz_localize(None).astype("datetime64[ns]")
     bad = present & parsed.isna()
     return parsed, bad
@@ -185,40 +196,41 @@ def _parse_timestamps(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 def _parse_numbers(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parse to float64; non-finite or non-numeric present values are bad."""
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        parsed = values.astype("float64")
+        parsed = pd.Series(values.to_numpy(dtype="float64", na_value=np.nan), index=values.index)
         bad = values.notna() & ~np.isfinite(parsed.fillna(0.0))
         return parsed.where(~bad), bad
-    text = _clean_strings(values)
-    parsed = pd.to_numeric(text, errors="coerce").astype("float64")
-    bad = text.notna() & (parsed.isna() | ~np.isfinite(parsed.fillna(0.0)))
+    text = _text(values)
+    numbers = pd.to_numeric(_to_object(text), errors="coerce")
+    parsed = pd.Series(np.asarray(numbers, dtype="float64"), index=values.index)
+    bad = _present(text) & (parsed.isna() | ~np.isfinite(parsed.fillna(0.0)))
     return parsed.where(~bad), bad
 
 
 def _parse_bools(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Parse to float64 0/1/NaN."""
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-        parsed = values.astype("float64")
+        parsed = pd.Series(values.to_numpy(dtype="float64", na_value=np.nan), index=values.index)
         bad = parsed.notna() & ~parsed.isin([0.0, 1.0])
         return parsed.where(~bad), bad
-    text = _clean_strings(values)
-    lowered = text.map(lambda v: v.lower() if isinstance(v, str) else v)
+    text = _text(values)
+    lowered = text.str.lower()
     parsed = pd.Series(np.nan, index=values.index, dtype="float64")
-    parsed[lowered.isin(_TRUE_WORDS)] = 1.0
-    parsed[lowered.isin(_FALSE_WORDS)] = 0.0
-    bad = text.notna() & parsed.isna()
+    parsed[lowered.isin(_TRUE_WORDS).fillna(False).astype(bool)] = 1.0
+    parsed[lowered.isin(_FALSE_WORDS).fillna(False).astype(bool)] = 0.0
+    bad = _present(text) & parsed.isna()
     return parsed, bad
 
 
 def _parse_labels(values: pd.Series, column: ColumnSpec) -> tuple[pd.Series, pd.Series]:
     """ids, text, categories and enums: cleaned str; enums must be in `allowed`."""
-    text = _clean_strings(values)
+    text = _text(values)
     if column.kind == "enum" or (column.kind == "category" and column.lowercase):
-        text = text.map(lambda v: v.lower() if isinstance(v, str) else v).astype(object)
+        text = text.str.lower()
     if column.kind == "enum":
-        bad = text.notna() & ~text.isin(column.allowed)
+        bad = _present(text) & ~text.isin(column.allowed).fillna(False).astype(bool)
     else:
         bad = pd.Series(False, index=values.index)
-    return text, bad
+    return _to_object(text), bad
 
 
 def _parse_column(values: pd.Series, column: ColumnSpec) -> tuple[pd.Series, pd.Series]:
@@ -240,7 +252,7 @@ def _infer_extra_column(name: str, values: pd.Series) -> pd.Series:
     if name.endswith("_id") or text.isna().all():
         return text
     numbers, bad = _parse_numbers(text)
-    leading_zero = text.astype("string").str.match(r"^[+-]?0\d").fillna(False).astype(bool)
+    leading_zero = _text(text).str.match(r"^[+-]?0\d").fillna(False).astype(bool)
     if bad.any() or leading_zero.any():
         return text
     return numbers
