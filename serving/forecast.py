@@ -379,7 +379,9 @@ def _hierarchical_sums(
         else:
             sums = train[cols].sum() if len(train) else pd.Series(0.0, index=cols)
             matched = pd.DataFrame(
-                [sums.to_numpy()] * int(todo.sum()), columns=cols, index=target.index[todo]
+                np.tile(sums.to_numpy(dtype=float), (int(todo.sum()), 1)),
+                columns=cols,
+                index=target.index[todo],
             )
         last = level_index == len(levels) - 1
         ok = matched[count_col].fillna(0) >= min_count if not last else pd.Series(True, index=matched.index)
