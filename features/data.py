@@ -461,7 +461,11 @@ def _validate_one(
 
     # References to parent tables: orphans are dropped (required refs) or blanked (optional refs).
     for ref in spec.parents:
-        if ref.parent_table not in parent_keys or ref.column not in table.columns:
+        if ref.parent_table not in parent_keys:
+            if ref.on_orphan == "drop":
+                report.notes.append(
+                    f"{source}: {ref.column} not checked against {ref.parent_table} (table not present)"
+                )
             continue
         values = table[ref.column]
         orphan = (values.notna() & ~values.isin(parent_keys[ref.parent_table])).to_numpy() & ~check.drop

@@ -206,7 +206,16 @@ def test_timezones_become_naive_utc(raw: dict[str, pd.DataFrame], tmp_path: Path
 
 
 def test_csv_and_parquet_load_the_same(raw: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    raw["tickets"] = pd.DataFrame(
+        {
+            "ticket_id": ["t-1", "t-2"],
+            "account_id": ["a-1", "a-2"],
+            "opened_at": ["2025-02-01T09:30:00", "2025-02-01T09:30:00.250+01:00"],
+            "resolved_at": ["", ""],
+        }
+    )
     canonical, _ = validate_tables(raw)
+    assert canonical["tickets"]["opened_at"].iloc[1] == pd.Timestamp("2025-02-01 08:30:00.250")
     write_tables(canonical, tmp_path / "csv", fmt="csv")
     write_tables(canonical, tmp_path / "pq", fmt="parquet")
     from_csv, _ = load_tables(tmp_path / "csv")
@@ -249,3 +258,13 @@ def test_summary_and_dict_report_counts(raw: dict[str, pd.DataFrame]) -> None:
     as_dict = report.to_dict()
     assert as_dict["rows_out"]["opportunities"] == 39
     assert as_dict["skipped"][0]["rule"] == "orphan"
+
+
+def test_header_only_table_and_unchecked_reference(tmp_path: Path) -> None:
+    (tmp_path / "accounts.csv").write_text("account_id,created_at\n")
+    (tmp_path / "subscriptions.csv").write_text("subscription_id,account_id,start_date,mrr\n")
+    (tmp_path / "opportunity_history.csv").write_text("opportunity_id,changed_at\no-1,2025-01-01\n")
+    tables, report = load_tables(tmp_path, require=("subscriptions",))
+    assert len(tables["accounts"]) == 0 and tables["accounts"]["created_at"].dtype == "datetime64[ns]"
+    assert tables["subscriptions"]["mrr"].dtype == "float64"
+    assert any("not checked against opportunities" in note for note in report.notes)
