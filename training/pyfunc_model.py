@@ -9,8 +9,6 @@ Executing this file registers the model with ``mlflow.models.set_model`` -- that
 models-from-code works; the module is never imported by revcast code.
 """
 
-from __future__ import annotations
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -26,8 +24,12 @@ class RevcastBundleModel(PythonModel):
         """Load and hash-check the bundle."""
         self.bundle = ModelBundle.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        """Calibrated probability (classifier) or value (regressor) per input row."""
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        """Calibrated probability (classifier) or value (regressor) per input row.
+
+        The ``pd.DataFrame`` hint tells MLflow not to derive a schema from type hints (the logged
+        signature, inferred from real feature rows, is used instead).
+        """
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         return self.bundle.predict(frame)
 
