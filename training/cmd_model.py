@@ -23,6 +23,8 @@ REQUIRED_TABLES = {
     "churn": ("accounts", "subscriptions"),
 }
 TRUTH_TABLES = ("opportunities", "accounts_churn")
+#: Environment variable naming an alternative training configuration (YAML like training/params.yaml).
+PARAMS_ENV = "REVCAST_TRAINING_PARAMS"
 
 
 def _error(message: str) -> Exception:
@@ -163,7 +165,7 @@ def train_and_log(
     from training.train import load_training_params, train_model
     from training.tune import default_storage_path
 
-    params = params or load_training_params()
+    params = params or load_training_params(os.environ.get(PARAMS_ENV) or None)
     uri = _activate(tracking_uri)
     fingerprint = dataset_fingerprint(tables)
     tune_context = {"data_fingerprint": fingerprint, "storage_path": default_storage_path()}
