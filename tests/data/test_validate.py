@@ -268,3 +268,15 @@ def test_header_only_table_and_unchecked_reference(tmp_path: Path) -> None:
     assert len(tables["accounts"]) == 0 and tables["accounts"]["created_at"].dtype == "datetime64[ns]"
     assert tables["subscriptions"]["mrr"].dtype == "float64"
     assert any("not checked against opportunities" in note for note in report.notes)
+
+
+def test_parquet_rows_are_1_based_positions(raw: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    raw["opportunities"].loc[2, "created_at"] = "2025-13-01"
+    for name, table in raw.items():
+        table.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    _, report = load_tables(tmp_path)
+    issue = next(i for i in report.skipped if i.column == "created_at")
+    assert issue.rows == [3]
+    assert issue.message.startswith(
+        "opportunities.parquet: column 'created_at', row 3: expected an ISO-8601 date"
+    )
