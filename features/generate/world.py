@@ -483,6 +483,7 @@ class _Simulation:
         term = np.array([1, 12, 24])[term_choice]
         auto_renew = (term == 1) | (rng.random(n) < p.auto_renew_prob)
         churn_day = np.full(n, np.inf)
+        notice_day = np.full(n, np.inf)  # when a leaving customer made it known (no new deals after)
         horizon = self.cutoff + p.renewal_lead_days + 1.0
         renewal_parts: list[dict[str, np.ndarray]] = []
         alive = customer.copy()
@@ -507,7 +508,10 @@ class _Simulation:
                 part = self._renewal_deals(rng, renew_idx, decision[renew_idx], k)
                 renewal_parts.append(part)
                 churned[with_deal] = ~part["won"]
+                lost = renew_idx[~part["won"]]
+                notice_day[lost] = part["close"][~part["won"]]
             churn_day[idx[churned]] = decision[idx[churned]]
+            notice_day[idx[churned]] = np.minimum(notice_day[idx[churned]], decision[idx[churned]])
             alive[idx[churned]] = False
             k += 1
         self.customer = customer
@@ -515,6 +519,7 @@ class _Simulation:
         self.term = term
         self.auto_renew = auto_renew
         self.churn_day = churn_day
+        self.notice_day = notice_day
         keys = (
             "account",
             "owner",
@@ -572,7 +577,7 @@ class _Simulation:
         base = p.expansion_rate_per_month / DAYS_PER_MONTH * self.scale
         customers = np.flatnonzero(self.customer)
         lo = np.maximum(self.since[customers], 0.0)
-        hi = np.minimum(self.churn_day[customers], self.cutoff)
+        hi = np.minimum(self.notice_day[customers], self.cutoff)
 
         def rate(account: np.ndarray, t: np.ndarray) -> np.ndarray:
             return base * (0.6 + 0.8 * expit(self.health_at(account, t)))
@@ -617,7 +622,8 @@ class _Simulation:
         """Drop deals a churned account would never have had; build histories; subscription lines."""
         p = self.p
         churn_new = self.churn_day[self.new.account]
-        self.new = self.new.subset((self.new.created < churn_new) & (self.new.paths.close <= churn_new))
+        notice_new = self.notice_day[self.new.account]
+        self.new = self.new.subset((self.new.created < notice_new) & (self.new.paths.close <= churn_new))
         churn_exp = self.churn_day[self.expansion.account]
         self.expansion = self.expansion.subset(self.expansion.paths.close <= churn_exp)
 
