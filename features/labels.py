@@ -11,14 +11,15 @@ import pandas as pd
 
 from features.sql import connect, shaped_table
 
-# Event-time columns that bound the export date (planned dates like expected_close_date and
-# quota period_end are deliberately absent: they may lie in the future).
+# Event-time columns that bound the export date. Planned dates are deliberately absent because
+# they may lie in the future: expected_close_date, quota periods, and subscription end_date (some
+# exports write the scheduled end of the current billing term).
 EVENT_TIME_COLUMNS = {
     "accounts": ["created_at"],
     "opportunities": ["created_at", "closed_at"],
     "opportunity_history": ["changed_at"],
     "activities": ["occurred_at"],
-    "subscriptions": ["start_date", "end_date"],
+    "subscriptions": ["start_date"],
     "usage": ["date"],
     "tickets": ["opened_at", "resolved_at"],
     "surveys": ["responded_at"],

@@ -17,15 +17,24 @@ def _copy(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {name: frame.copy() for name, frame in tables.items()}
 
 
-def _later(rng: np.random.Generator, n: int, not_before: pd.Timestamp = T) -> pd.Series:
-    """n random timestamps strictly after T (and after not_before)."""
-    base = max(T, not_before)
+def _later_base(
+    rng: np.random.Generator, n: int, not_before: pd.Timestamp = T, t: pd.Timestamp = T
+) -> pd.Series:
+    """n random timestamps strictly after t (and after not_before)."""
+    base = max(t, not_before)
     return pd.Series(base + pd.to_timedelta(rng.integers(1, 400 * 24, n), unit="h")).astype("datetime64[ns]")
 
 
-def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Alter every field of `table` that is not visible at T, and append rows dated after T."""
+def mutate_after(
+    tables: dict[str, pd.DataFrame], table: str, seed: int = 0, as_of: pd.Timestamp = T
+) -> dict[str, pd.DataFrame]:
+    """Alter every field of `table` that is not visible at `as_of`, and append rows dated after it."""
+    T = as_of  # noqa: N806 - the as-of date of this mutation
     rng = np.random.default_rng(seed)
+
+    def _later(n: int, not_before: pd.Timestamp = T, _rng: np.random.Generator = rng) -> pd.Series:
+        return _later_base(_rng, n, not_before, T)
+
     out = _copy(tables)
     f = out[table]
     if table == "accounts":
@@ -35,7 +44,7 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
         f.loc[later, "annual_revenue"] = 2.0
         new = f.iloc[:3].copy()
         new["account_id"] = ["a-new-1", "a-new-2", "a-new-3"]
-        new["created_at"] = _later(rng, 3).values
+        new["created_at"] = _later(3).values
         f = pd.concat([f, new], ignore_index=True)
     elif table == "opportunities":
         future = f["created_at"] > T
@@ -43,20 +52,20 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
         # Deals created after T: anything goes (but they stay created after T).
         f.loc[future, "owner_id"] = "r-0"
         f.loc[future, "product"] = "mutated"
-        f.loc[future, "created_at"] = _later(rng, int(future.sum())).values
+        f.loc[future, "created_at"] = _later(int(future.sum())).values
         # Deals open at T: their close, outcome, won amount and current state are after-T facts.
         n_open = int(open_at_t.sum())
         f.loc[open_at_t, "outcome"] = np.where(f.loc[open_at_t, "outcome"] == "won", "lost", "won")
-        f.loc[open_at_t, "closed_at"] = _later(rng, n_open).values
+        f.loc[open_at_t, "closed_at"] = _later(n_open).values
         f.loc[open_at_t, "won_amount"] = rng.uniform(1, 1e6, n_open)
         f.loc[open_at_t, "stage"] = "negotiation"
         f.loc[open_at_t, "amount"] = rng.uniform(1, 1e6, n_open)
-        f.loc[open_at_t, "expected_close_date"] = _later(rng, n_open).values
+        f.loc[open_at_t, "expected_close_date"] = _later(n_open).values
         f.loc[open_at_t, "close_reason"] = "mutated"
         new = f.iloc[:5].copy()
         new["opportunity_id"] = [f"o-new-{i}" for i in range(5)]
-        new["created_at"] = _later(rng, 5).values
-        new["closed_at"] = _later(rng, 5, new["created_at"].max()).values
+        new["created_at"] = _later(5).values
+        new["closed_at"] = _later(5, new["created_at"].max()).values
         new["outcome"] = "won"
         f = pd.concat([f, new], ignore_index=True)
     elif table == "opportunity_history":
@@ -64,14 +73,14 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
         n = int(later.sum())
         f.loc[later, "stage"] = "prospecting"
         f.loc[later, "amount"] = rng.uniform(1, 1e6, n)
-        f.loc[later, "expected_close_date"] = _later(rng, n).values
+        f.loc[later, "expected_close_date"] = _later(n).values
         new = pd.DataFrame(
             {
                 "opportunity_id": out["opportunities"]["opportunity_id"].iloc[:50].values,
-                "changed_at": _later(rng, 50).values,
+                "changed_at": _later(50).values,
                 "stage": "negotiation",
                 "amount": 1.0,
-                "expected_close_date": _later(rng, 50).values,
+                "expected_close_date": _later(50).values,
             }
         )
         f = pd.concat([f, new], ignore_index=True)
@@ -87,7 +96,7 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
                 "activity_id": [f"x-new-{i}" for i in range(60)],
                 "account_id": out["opportunities"]["account_id"].iloc[:60].values,
                 "opportunity_id": opp_ids.values,
-                "occurred_at": _later(rng, 60).values,
+                "occurred_at": _later(60).values,
                 "type": "demo",
                 "direction": "outbound",
                 "replied": 0.0,
@@ -100,15 +109,15 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
         n = int(later.sum())
         f.loc[later, "mrr"] = rng.uniform(1, 1e5, n)
         f.loc[later, "auto_renew"] = 1.0 - f.loc[later, "auto_renew"]
-        f.loc[later, "start_date"] = _later(rng, n).values
+        f.loc[later, "start_date"] = _later(n).values
         # Subscriptions running at T: their end (after T) is invisible at T.
         running = (f["start_date"] <= T) & (f["end_date"].isna() | (f["end_date"] > T))
-        ends = _later(rng, int(running.sum())).where(rng.random(int(running.sum())) < 0.7)
+        ends = _later(int(running.sum())).where(rng.random(int(running.sum())) < 0.7)
         f.loc[running, "end_date"] = ends.values
         f.loc[running, "churned_at"] = ends.values
         new = f.iloc[:10].copy()
         new["subscription_id"] = [f"s-new-{i}" for i in range(10)]
-        new["start_date"] = _later(rng, 10).values
+        new["start_date"] = _later(10).values
         new["end_date"] = pd.NaT
         f = pd.concat([f, new], ignore_index=True)
     elif table == "usage":
@@ -116,27 +125,27 @@ def mutate_after(tables: dict[str, pd.DataFrame], table: str, seed: int = 0) -> 
         for col in ("active_users", "events", "reports_run"):
             f.loc[later, col] = rng.uniform(0, 1e4, int(later.sum()))
         new = f.iloc[:30].copy()
-        new["date"] = _later(rng, 30).values
+        new["date"] = _later(30).values
         f = pd.concat([f, new], ignore_index=True)
     elif table == "tickets":
         later = f["opened_at"] > T
         f.loc[later, "priority"] = "high"
-        f.loc[later, "opened_at"] = _later(rng, int(later.sum())).values
+        f.loc[later, "opened_at"] = _later(int(later.sum())).values
         unresolved_at_t = (f["opened_at"] <= T) & (f["resolved_at"].isna() | (f["resolved_at"] > T))
         n = int(unresolved_at_t.sum())
-        f.loc[unresolved_at_t, "resolved_at"] = _later(rng, n).values
+        f.loc[unresolved_at_t, "resolved_at"] = _later(n).values
         f.loc[unresolved_at_t, "csat"] = 1.0
         f.loc[unresolved_at_t, "first_contact_resolved"] = 1.0
         new = f.iloc[:10].copy()
         new["ticket_id"] = [f"t-new-{i}" for i in range(10)]
-        new["opened_at"] = _later(rng, 10).values
+        new["opened_at"] = _later(10).values
         f = pd.concat([f, new], ignore_index=True)
     elif table == "surveys":
         later = f["responded_at"] > T
         f.loc[later, "score"] = 0.0
         f.loc[later, "kind"] = "nps"
         new = f.iloc[:10].copy()
-        new["responded_at"] = _later(rng, 10).values
+        new["responded_at"] = _later(10).values
         new["kind"] = "nps"
         f = pd.concat([f, new], ignore_index=True)
     elif table == "quotas":
