@@ -19,77 +19,40 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from features.contract import TABLES, ColumnSpec
 from serving.schemas import ChurnAccountIn, OpportunityIn
 
 Tables = dict[str, pd.DataFrame]
 
-# Canonical columns of the tables the API builds (CONTRACT §1); the kinds drive the dtypes.
+# Canonical columns of the tables the API builds, derived from the data contract (features.contract)
+# so that a request record gets exactly the dtypes and lower-casing a loaded dataset gets.
 _ID, _TIME, _NUM, _BOOL, _ENUM, _TEXT = "id", "time", "num", "bool", "enum", "text"
+_API_TABLES = (
+    "accounts",
+    "opportunities",
+    "opportunity_history",
+    "activities",
+    "subscriptions",
+    "usage",
+    "tickets",
+    "surveys",
+)
+
+
+def _column_kind(column: ColumnSpec) -> str:
+    if column.kind == "timestamp":
+        return _TIME
+    if column.kind == "number":
+        return _NUM
+    if column.kind == "bool":
+        return _BOOL
+    if column.kind == "enum" or (column.kind == "category" and column.lowercase):
+        return _ENUM
+    return _ID if column.kind == "id" else _TEXT
+
+
 TABLE_COLUMNS: dict[str, dict[str, str]] = {
-    "accounts": {
-        "account_id": _ID,
-        "created_at": _TIME,
-        "name": _TEXT,
-        "industry": _TEXT,
-        "country": _TEXT,
-        "region": _TEXT,
-        "employees": _NUM,
-        "annual_revenue": _NUM,
-        "owner_id": _ID,
-        "segment": _TEXT,
-    },
-    "opportunities": {
-        "opportunity_id": _ID,
-        "account_id": _ID,
-        "created_at": _TIME,
-        "owner_id": _ID,
-        "product": _TEXT,
-        "type": _ENUM,
-        "lead_source": _TEXT,
-        "amount": _NUM,
-        "expected_close_date": _TIME,
-        "stage": _ENUM,
-        "closed_at": _TIME,
-        "outcome": _ENUM,
-        "won_amount": _NUM,
-    },
-    "opportunity_history": {
-        "opportunity_id": _ID,
-        "changed_at": _TIME,
-        "stage": _ENUM,
-        "amount": _NUM,
-        "expected_close_date": _TIME,
-    },
-    "activities": {
-        "activity_id": _ID,
-        "account_id": _ID,
-        "occurred_at": _TIME,
-        "type": _ENUM,
-        "opportunity_id": _ID,
-        "duration_s": _NUM,
-        "direction": _ENUM,
-        "replied": _BOOL,
-    },
-    "subscriptions": {
-        "subscription_id": _ID,
-        "account_id": _ID,
-        "start_date": _TIME,
-        "mrr": _NUM,
-        "end_date": _TIME,
-        "product": _TEXT,
-        "auto_renew": _BOOL,
-    },
-    "usage": {"account_id": _ID, "date": _TIME, "active_users": _NUM, "events": _NUM},
-    "tickets": {
-        "ticket_id": _ID,
-        "account_id": _ID,
-        "opened_at": _TIME,
-        "resolved_at": _TIME,
-        "priority": _ENUM,
-        "csat": _NUM,
-        "first_contact_resolved": _BOOL,
-    },
-    "surveys": {"account_id": _ID, "responded_at": _TIME, "kind": _ENUM, "score": _NUM},
+    name: {column.name: _column_kind(column) for column in TABLES[name].columns} for name in _API_TABLES
 }
 
 
@@ -334,11 +297,9 @@ def _frame(rows: Sequence[dict[str, Any]], columns: Mapping[str, str], keep_extr
                 values.map(lambda v: float(v) if v is not None else None), errors="raise"
             ).astype("float64")
         elif kind == _ENUM:
-            frame[name] = values.map(lambda v: str(v).strip().lower() if v is not None else None).astype(
-                object
-            )
+            frame[name] = values.map(lambda v: _text(v, lower=True)).astype(object)
         else:
-            frame[name] = values.map(lambda v: str(v) if v is not None else None).astype(object)
+            frame[name] = values.map(_text).astype(object)
     for name in extra if keep_extra else []:
         values = frame[name]
         is_number = values.map(
@@ -347,6 +308,16 @@ def _frame(rows: Sequence[dict[str, Any]], columns: Mapping[str, str], keep_extr
         if bool(is_number.all()):
             frame[name] = pd.to_numeric(values, errors="raise").astype("float64")
     return frame.reset_index(drop=True)
+
+
+def _text(value: Any, lower: bool = False) -> str | None:
+    """Canonical text cell: stripped str, empty -> None (as features.data does for files)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    return text.lower() if lower else text
 
 
 def _empty_tables(names: Iterable[str]) -> Tables:
@@ -457,19 +428,6 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
     return errors
 
 
-def active_arr(subscriptions: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
-    """Annual recurring revenue per account from subscriptions active at as_of (12 x summed MRR).
-
-    A subscription is active when ``start_date <= as_of`` and it has not ended by then
-    (``end_date`` empty or after as_of).
-    """
-    active = subscriptions[
-        (subscriptions["start_date"] <= as_of)
-        & (subscriptions["end_date"].isna() | (subscriptions["end_date"] > as_of))
-    ]
-    return active.groupby("account_id")["mrr"].sum() * 12.0
-
-
 def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBatch:
     """Validate churn records (accounts with their subscriptions, usage, ...) and build their tables.
 
@@ -479,7 +437,8 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
 
     Returns:
         The batch: tables ``accounts``, ``subscriptions``, ``usage``, ``tickets``, ``surveys``,
-        ``activities``; ``values[account_id]["arr"]`` is the ARR active at as_of.
+        ``activities``. Whether an account is a customer at as_of (has an active
+        subscription) is decided by the feature builder, which returns no row otherwise.
     """
     accepted: list[tuple[int, str]] = []
     rejected: list[dict[str, Any]] = []
@@ -530,19 +489,7 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
     for name in ("subscriptions", "tickets", "activities"):
         key = {"subscriptions": "subscription_id", "tickets": "ticket_id", "activities": "activity_id"}[name]
         tables[name] = tables[name].drop_duplicates(subset=[key], keep="first").reset_index(drop=True)
-    batch = PreparedBatch(tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values)
-    arr = active_arr(tables["subscriptions"], as_of)
-    for index, acct_id in list(batch.accepted):
-        if acct_id not in arr.index:
-            batch.reject(
-                index,
-                acct_id,
-                "account_id",
-                ["subscriptions: no subscription is active at as_of; churn is scored for customers only"],
-            )
-        else:
-            values[acct_id] = {"arr": float(arr[acct_id])}
-    return batch
+    return PreparedBatch(tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values)
 
 
 def _check_account(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]:

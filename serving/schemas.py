@@ -81,7 +81,7 @@ class ActivityIn(_Record):
     type: Annotated[str, Field(min_length=1)]
     opportunity_id: Id | None = None
     duration_s: Count | None = None
-    direction: Literal["inbound", "outbound"] | None = None
+    direction: str | None = None
     replied: bool | None = None
 
 

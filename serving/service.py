@@ -1,0 +1,859 @@
+"""The revcast prediction service (BentoML 1.4): CONTRACT §3.
+
+Run it with ``revcast serve`` (or ``bentoml serve serving.service:RevcastService``). The HTTP API is a
+FastAPI app mounted under ``/v1`` on the BentoML service, so that status codes (401/413/415/422/503),
+per-record rejections and the OpenAPI page (``/v1/docs``, ``/v1/openapi.json``) are exactly as
+documented; BentoML provides ``/livez``, ``/readyz`` (wired to the models being loaded and warmed via
+``__is_ready__``), ``/metrics`` and the request timeout.
+
+Models are loaded once, in a background thread started at start-up, from the MLflow registry by alias
+(``serving.registry.resolve_bundle``: bundle files hash-checked, never pickle), then warmed with one
+prediction. ``POST /v1/admin/reload`` (or SIGHUP to a worker) loads the models now behind the alias and
+swaps them in atomically: a request holds a reference to one immutable ``ModelSet`` for its whole
+life, so in-flight requests finish on the models they started with; a model that fails to load keeps
+its previous version.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import bentoml
+import numpy as np
+import pandas as pd
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.config import ServiceConfig, config_from_env, grade_for, risk_band_for, score_for
+from serving.requests import (
+    PreparedBatch,
+    RequestError,
+    parse_envelope,
+    parse_json_body,
+    prepare_accounts,
+    prepare_opportunities,
+)
+from serving.schemas import (
+    EXAMPLE_CHURN_REQUEST,
+    EXAMPLE_OPPORTUNITY_REQUEST,
+    AccountChurnRequest,
+    AccountChurnResponse,
+    ErrorResponse,
+    ModelsResponse,
+    OpportunityScoreRequest,
+    OpportunityScoreResponse,
+)
+
+logger = logging.getLogger("revcast.api")
+
+MODEL_KINDS = ("win", "amount", "churn")
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A bundle with the registry facts about it.
+
+    Attributes:
+        bundle: The ``serving.bundle.ModelBundle``.
+        info: ``{"name", "version", "run_id", "alias", "sha256"}`` from ``resolve_bundle``.
+    """
+
+    bundle: Any
+    info: Mapping[str, Any]
+
+    @property
+    def version(self) -> str:
+        """Registered model version."""
+        return str(self.info.get("version"))
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models served together; replaced as a whole (never mutated) on reload.
+
+    Attributes:
+        models: Model kind -> loaded model, for the kinds that loaded.
+        errors: Model kind -> why it is not loaded.
+        warmed: Whether a warm-up prediction succeeded for every loaded model.
+    """
+
+    models: Mapping[str, LoadedModel] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+    warmed: bool = False
+
+    def ready(self, required: tuple[str, ...]) -> bool:
+        """Every required model is loaded and the set has been warmed."""
+        return self.warmed and all(kind in self.models for kind in required)
+
+
+Resolver = Callable[[str, str, str | None], tuple[Any, Mapping[str, Any]]]
+
+
+def _default_resolver(model: str, alias: str, tracking_uri: str | None) -> tuple[Any, Mapping[str, Any]]:
+    from serving.registry import resolve_bundle
+
+    return resolve_bundle(model, alias=alias, tracking_uri=tracking_uri)
+
+
+def load_model_set(
+    config: ServiceConfig, previous: ModelSet | None = None, resolver: Resolver = _default_resolver
+) -> tuple[ModelSet, dict[str, str]]:
+    """Load every model kind behind the configured alias, warm them, and keep old ones on failure.
+
+    Args:
+        config: Service configuration (alias, tracking URI, scoring settings).
+        previous: The set currently served (None at start-up).
+        resolver: ``(model, alias, tracking_uri) -> (bundle, info)``; the MLflow registry by default.
+
+    Returns:
+        ``(new_set, outcome)`` where outcome says per kind ``swapped``, ``unchanged``, ``loaded``,
+        ``kept old: <reason>`` or ``not loaded: <reason>``.
+    """
+    models: dict[str, LoadedModel] = {}
+    errors: dict[str, str] = {}
+    outcome: dict[str, str] = {}
+    for kind in MODEL_KINDS:
+        old = previous.models.get(kind) if previous is not None else None
+        try:
+            bundle, info = resolver(kind, config.model_alias, config.tracking_uri)
+            candidate = LoadedModel(bundle=bundle, info=dict(info))
+            if old is not None and old.info.get("sha256") == candidate.info.get("sha256"):
+                models[kind] = old
+                outcome[kind] = "unchanged"
+                continue
+            _warm_one(kind, candidate, config)
+            models[kind] = candidate
+            outcome[kind] = "loaded" if old is None else f"swapped {old.version} -> {candidate.version}"
+        except Exception as exc:  # any failure must leave the previous model serving
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if old is not None:
+                models[kind] = old
+                outcome[kind] = f"kept old ({old.version}): {reason}"
+            else:
+                errors[kind] = reason
+                outcome[kind] = f"not loaded: {reason}"
+    return ModelSet(models=models, errors=errors, warmed=True), outcome
+
+
+def _warm_one(kind: str, model: LoadedModel, config: ServiceConfig) -> None:
+    """One prediction through the full request path, so the first real request is not the slow one."""
+    if kind in ("win", "amount"):
+        batch = prepare_opportunities(
+            EXAMPLE_OPPORTUNITY_REQUEST["opportunities"], pd.Timestamp("2026-11-01")
+        )
+        frame = opportunity_feature_frame(batch)
+    else:
+        batch = prepare_accounts(EXAMPLE_CHURN_REQUEST["accounts"], pd.Timestamp("2026-11-01"))
+        frame = account_feature_frame(batch)
+    if frame.empty:
+        raise RuntimeError(f"warm-up record produced no {kind} feature row")
+    frame = with_model_columns(frame, model.bundle)
+    values = np.asarray(model.bundle.predict(frame), dtype=float)
+    if not np.all(np.isfinite(values)):
+        raise RuntimeError(f"warm-up prediction of the {kind} model is not finite: {values.tolist()}")
+    model.bundle.explain(frame, config.top_k_factors)
+
+
+# --------------------------------------------------------------------------- scoring (pure)
+
+
+def opportunity_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
+    """Features of the accepted deals, computed by the batch path's builder; unscorable deals rejected.
+
+    The records' current state counts as history as of the request's as_of.
+    """
+    from features.opportunity import build_opportunity_features
+
+    if not batch.accepted:
+        return pd.DataFrame()
+    features = build_opportunity_features(batch.tables, batch.as_of, current_state_as_of=batch.as_of)
+    scored = set(features["opportunity_id"])
+    for index, opp_id in list(batch.accepted):
+        if opp_id not in scored:
+            batch.reject(index, opp_id, "opportunity_id", ["the deal is not open as of as_of"])
+    return features.set_index("opportunity_id", drop=False)
+
+
+def account_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
+    """Features of the accepted accounts; accounts without an active subscription at as_of are rejected."""
+    from features.account import build_account_features
+
+    if not batch.accepted:
+        return pd.DataFrame()
+    features = build_account_features(batch.tables, batch.as_of)
+    scored = set(features["account_id"])
+    for index, account_id in list(batch.accepted):
+        if account_id not in scored:
+            batch.reject(
+                index,
+                account_id,
+                "account_id",
+                ["subscriptions: no subscription is active at as_of (churn is scored for customers only)"],
+            )
+    return features.set_index("account_id", drop=False)
+
+
+def with_model_columns(frame: pd.DataFrame, bundle: Any) -> pd.DataFrame:
+    """Add feature columns the model knows but the request could not provide (e.g. a usage metric
+    the caller does not send) as missing values, which LightGBM routes down its 'missing' branch."""
+    missing = [name for name in bundle.feature_names if name not in frame.columns]
+    if not missing:
+        return frame
+    return frame.assign(**{name: np.nan for name in missing})
+
+
+def _factors(explanations: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    return [
+        [
+            {
+                "feature": str(item["feature"]),
+                "value": item["value"],
+                "contribution": round(float(item["contribution"]), 6),
+            }
+            for item in row
+        ]
+        for row in explanations
+    ]
+
+
+def _feature_values(frame: pd.DataFrame, names: list[str]) -> list[dict[str, Any]]:
+    from serving.bundle import json_safe
+
+    return [
+        {name: json_safe(value) for name, value in row.items()} for row in frame[names].to_dict("records")
+    ]
+
+
+def score_opportunities(
+    models: ModelSet, batch: PreparedBatch, config: ServiceConfig, include_features: bool = False
+) -> dict[str, Any]:
+    """Score the accepted deals of a batch (the body of the ``/v1/opportunities/score`` answer).
+
+    Args:
+        models: The model set to use for the whole request.
+        batch: Prepared request records.
+        config: Grade cut points and number of factors.
+        include_features: Add each deal's model input features (for parity checks and debugging).
+
+    Returns:
+        The response body as a dict (``OpportunityScoreResponse`` shape).
+    """
+    win = models.models["win"]
+    amount_model = models.models.get("amount")
+    features = opportunity_feature_frame(batch)
+    results: list[dict[str, Any]] = []
+    if batch.accepted:
+        ids = [opp_id for _, opp_id in batch.accepted]
+        frame = with_model_columns(features.loc[ids], win.bundle)
+        probabilities = np.asarray(win.bundle.predict(frame), dtype=float)
+        factors = _factors(win.bundle.explain(frame, config.top_k_factors))
+        if amount_model is not None:
+            amount_frame = with_model_columns(features.loc[ids], amount_model.bundle)
+            amounts = np.asarray(amount_model.bundle.predict(amount_frame), dtype=float)
+            amounts = np.clip(amounts, 0.0, None)
+        feature_rows = _feature_values(frame, win.bundle.feature_names) if include_features else None
+        for position, opp_id in enumerate(ids):
+            probability = float(probabilities[position])
+            if amount_model is not None:
+                expected_amount: float | None = float(amounts[position])
+                source = "amount_model"
+            else:
+                as_of_amount = batch.values[opp_id].get("amount")
+                expected_amount = None if as_of_amount is None else float(as_of_amount)
+                source = "as_of_amount" if expected_amount is not None else "unavailable"
+            result = {
+                "opportunity_id": opp_id,
+                "win_probability": round(probability, 6),
+                "score": score_for(probability),
+                "grade": grade_for(probability, config.grade_cuts),
+                "expected_amount": None if expected_amount is None else round(expected_amount, 2),
+                "expected_amount_source": source,
+                "expected_revenue": None
+                if expected_amount is None
+                else round(probability * expected_amount, 2),
+                "top_factors": factors[position],
+            }
+            if feature_rows is not None:
+                result["features"] = feature_rows[position]
+            results.append(result)
+    return {
+        "model": "win",
+        "model_version": win.version,
+        "amount_model_version": amount_model.version if amount_model is not None else None,
+        "as_of": batch.as_of.isoformat(),
+        "results": results,
+        "rejected": batch.rejected,
+    }
+
+
+def score_accounts(
+    models: ModelSet, batch: PreparedBatch, config: ServiceConfig, include_features: bool = False
+) -> dict[str, Any]:
+    """Score the accepted accounts of a batch (the body of the ``/v1/accounts/churn`` answer)."""
+    churn = models.models["churn"]
+    features = account_feature_frame(batch)
+    results: list[dict[str, Any]] = []
+    if batch.accepted:
+        ids = [account_id for _, account_id in batch.accepted]
+        frame = with_model_columns(features.loc[ids], churn.bundle)
+        probabilities = np.asarray(churn.bundle.predict(frame), dtype=float)
+        factors = _factors(churn.bundle.explain(frame, config.top_k_factors))
+        arr = features.loc[ids, "arr"].astype(float).fillna(0.0).to_numpy()
+        feature_rows = _feature_values(frame, churn.bundle.feature_names) if include_features else None
+        for position, account_id in enumerate(ids):
+            probability = float(probabilities[position])
+            result = {
+                "account_id": account_id,
+                "churn_probability": round(probability, 6),
+                "risk_band": risk_band_for(probability, config.risk_band_cuts),
+                "arr": round(float(arr[position]), 2),
+                "revenue_at_risk": round(float(arr[position]) * probability, 2),
+                "top_factors": factors[position],
+            }
+            if feature_rows is not None:
+                result["features"] = feature_rows[position]
+            results.append(result)
+    return {
+        "model": "churn",
+        "model_version": churn.version,
+        "as_of": batch.as_of.isoformat(),
+        "results": results,
+        "rejected": batch.rejected,
+    }
+
+
+# --------------------------------------------------------------------------- HTTP layer
+
+api = FastAPI(
+    title="revcast prediction API",
+    version="1",
+    description=(
+        "Calibrated deal win probability and revenue, churn risk and the revenue forecast, computed "
+        "from the CRM records sent in the request (CONTRACT §3). Prediction and admin endpoints need "
+        "`Authorization: Bearer <REVCAST_API_TOKEN>`. Health: `/livez`, `/readyz`; metrics: `/metrics`."
+    ),
+    openapi_url="/openapi.json",
+    docs_url="/docs",
+    redoc_url=None,
+)
+_bearer = HTTPBearer(auto_error=False, description="The service's REVCAST_API_TOKEN.")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Body is not JSON",
+        401: "Missing or wrong bearer token",
+        413: "Body or batch too large",
+        415: "Body is not application/json",
+        422: "Invalid request (the message names the field)",
+        503: "Models not loaded yet, or feature unavailable",
+    }.items()
+}
+
+
+class ApiError(Exception):
+    """An answer other than 200, with a one-line reason."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, details: list[Any] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.details = details or []
+
+
+def _error_response(status: int, message: str, field: str | None = None, details: list[Any] | None = None):
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = ErrorResponse(error=message, field=field, details=details or []).model_dump()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc.status, str(exc), exc.field, exc.details)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body", "path"))
+    details = [
+        {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in errors
+    ]
+    return _error_response(422, f"{where}: {first.get('msg')}", where or None, details)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error_response(exc.status_code, str(exc.detail))
+
+
+def _status_of(exc: BaseException) -> int:
+    return exc.status if isinstance(exc, ApiError | RequestError) else 500
+
+
+async def _read_json_body(request: Request, limit: int) -> Any:
+    """Read at most ``limit`` bytes of a JSON body; 415/413/400/422 with a reason otherwise."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {content_type or 'nothing'!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body of {int(declared)} bytes is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise ApiError(400, "body is empty; expected a JSON object")
+    return parse_json_body(body)
+
+
+def _openapi_body(model: type, example: dict[str, Any]) -> dict[str, Any]:
+    """Document a request body whose records are validated one by one inside the handler."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
+                    "example": example,
+                }
+            },
+        }
+    }
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Add the request-body models (validated by hand, per record) to the generated OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (OpportunityScoreRequest, AccountChurnRequest):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in model_schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components[model.__name__] = model_schema
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_install_openapi(api)
+
+
+def _log_request(fields: dict[str, Any]) -> None:
+    """One structured line per request; holds ids and counts only, never record contents (PII)."""
+    logger.info(json.dumps(fields, separators=(",", ":"), default=str))
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    if 0 < len(given) <= 64 and all(ch.isalnum() or ch in "-_." for ch in given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _service_timeout() -> float:
+    try:
+        return config_from_env().request_timeout_s
+    except ValueError:
+        return ServiceConfig.request_timeout_s
+
+
+def _service_workers() -> int:
+    try:
+        return config_from_env().workers
+    except ValueError:
+        return ServiceConfig.workers
+
+
+@bentoml.service(name="revcast", workers=_service_workers(), traffic={"timeout": _service_timeout()})
+@bentoml.asgi_app(api, path="/v1")
+class RevcastService:
+    """Win probability, deal revenue, churn risk and the revenue forecast over HTTP (CONTRACT §3)."""
+
+    def __init__(self) -> None:
+        """Read the configuration; models load in the background (see ``start_loading``)."""
+        self.config = config_from_env()
+        if not self.config.api_token:
+            raise RuntimeError(
+                "REVCAST_API_TOKEN is not set: the prediction endpoints need a bearer token "
+                "(revcast serve generates one when it is missing)"
+            )
+        _configure_logging()
+        self.models: ModelSet = ModelSet()
+        self.load_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._forecast_tables: dict[str, pd.DataFrame] | None = None
+        self._forecast_error: str | None = None
+        self._metrics = _metrics()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @bentoml.on_startup
+    def start_loading(self) -> None:
+        """Load and warm the models (and the forecast dataset) without blocking /livez."""
+        threading.Thread(target=self._initial_load, name="revcast-model-load", daemon=True).start()
+        if threading.current_thread() is threading.main_thread():
+            try:
+                signal.signal(
+                    signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start()
+                )
+            except (ValueError, OSError):  # not allowed here: the admin endpoint still works
+                logger.info(json.dumps({"event": "sighup_not_installed"}))
+
+    def _initial_load(self) -> None:
+        started = time.perf_counter()
+        with self._reload_lock:
+            models, outcome = load_model_set(self.config)
+            self.models = models
+        self._export_versions()
+        _log_request(
+            {
+                "event": "models_loaded",
+                "ready": models.ready(self.config.required_models),
+                "outcome": outcome,
+                "versions": {kind: m.version for kind, m in models.models.items()},
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        if self.config.data_dir is not None:
+            try:
+                from features.data import load_tables
+
+                self._forecast_tables, _report = load_tables(self.config.data_dir)
+            except Exception as exc:  # the forecast answers 503 with this reason
+                self._forecast_error = f"{type(exc).__name__}: {exc}"
+
+    def __is_ready__(self) -> bool:
+        """/readyz: 200 only when the required models are loaded and warmed."""
+        return self.models.ready(self.config.required_models)
+
+    def reload(self) -> dict[str, str]:
+        """Load the models now behind the alias and swap them in; keep any that fail (outcome per kind)."""
+        with self._reload_lock:
+            models, outcome = load_model_set(self.config, previous=self.models)
+            self.models = models  # one reference assignment: requests in flight keep their set
+        self._export_versions()
+        _log_request({"event": "models_reloaded", "outcome": outcome})
+        return outcome
+
+    def _export_versions(self) -> None:
+        for kind in MODEL_KINDS:
+            model = self.models.models.get(kind)
+            self._metrics["loaded"].labels(model=kind).set(
+                float(model.version) if model and model.version.isdigit() else 0.0
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_token(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        token = self.config.api_token or ""
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <REVCAST_API_TOKEN>'")
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise ApiError(401, "wrong bearer token")
+
+    def _models_for(self, kinds: tuple[str, ...]) -> ModelSet:
+        models = self.models  # the whole request uses this one set, even if a reload swaps it meanwhile
+        if not models.warmed:
+            raise ApiError(503, "models are still loading; retry when /readyz answers 200")
+        for kind in kinds:
+            if kind not in models.models:
+                reason = models.errors.get(kind, "not loaded")
+                raise ApiError(503, f"the {kind} model is not available: {reason}")
+        return models
+
+    async def _predict(
+        self,
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None,
+        endpoint: Literal["opportunities", "accounts"],
+        include_features: bool,
+    ) -> JSONResponse:
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        log: dict[str, Any] = {"event": "request", "request_id": request_id, "endpoint": endpoint}
+        status = 500
+        try:
+            self._check_token(credentials)
+            kind = "win" if endpoint == "opportunities" else "churn"
+            models = self._models_for((kind,))
+            payload = await _read_json_body(request, self.config.max_body_bytes)
+            as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
+            log["n_records"] = len(records)
+            if endpoint == "opportunities":
+                body = await run_in_threadpool(
+                    _score_opportunity_records, models, records, as_of, self.config, include_features
+                )
+            else:
+                body = await run_in_threadpool(
+                    _score_account_records, models, records, as_of, self.config, include_features
+                )
+            log.update(
+                model_version=body["model_version"],
+                n_scored=len(body["results"]),
+                n_rejected=len(body["rejected"]),
+            )
+            if not body["results"]:
+                # Nothing could be scored: that is an invalid request, and the reasons name the fields.
+                first = (
+                    body["rejected"][0]["errors"][0]
+                    if body["rejected"] and body["rejected"][0]["errors"]
+                    else ""
+                )
+                status = 422
+                return _error_response(
+                    422,
+                    f"no record could be scored; first reason: {endpoint}[{body['rejected'][0]['index']}].{first}",
+                    field=f"{endpoint}[{body['rejected'][0]['index']}]",
+                    details=body["rejected"],
+                )
+            status = 200
+            self._metrics["records"].labels(endpoint=endpoint, outcome="scored").inc(len(body["results"]))
+            self._metrics["records"].labels(endpoint=endpoint, outcome="rejected").inc(len(body["rejected"]))
+            return JSONResponse(body, headers={"X-Request-ID": request_id})
+        except (ApiError, RequestError) as exc:
+            status = _status_of(exc)
+            return _error_response(status, str(exc), getattr(exc, "field", None))
+        except Exception as exc:
+            logger.exception("request %s failed: %s", request_id, type(exc).__name__)
+            return _error_response(500, f"internal error (request id {request_id})")
+        finally:
+            log.update(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            _log_request(log)
+
+    # ------------------------------------------------------------------ endpoints
+
+    @api.post(
+        "/opportunities/score",
+        response_model=OpportunityScoreResponse,
+        responses=_ERRORS,
+        openapi_extra=_openapi_body(OpportunityScoreRequest, EXAMPLE_OPPORTUNITY_REQUEST),
+        summary="Score open deals: win probability, score, grade, expected amount and revenue",
+        tags=["predictions"],
+    )
+    async def score_opportunities(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        include_features: Annotated[
+            bool, Query(description="Return each deal's model input features.")
+        ] = False,
+    ) -> JSONResponse:
+        """Records that cannot be scored are listed in ``rejected`` with every reason; the others are scored."""
+        return await self._predict(request, credentials, "opportunities", include_features)
+
+    @api.post(
+        "/accounts/churn",
+        response_model=AccountChurnResponse,
+        responses=_ERRORS,
+        openapi_extra=_openapi_body(AccountChurnRequest, EXAMPLE_CHURN_REQUEST),
+        summary="Churn risk of accounts: probability, risk band, revenue at risk",
+        tags=["predictions"],
+    )
+    async def churn_accounts(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        include_features: Annotated[
+            bool, Query(description="Return each account's model input features.")
+        ] = False,
+    ) -> JSONResponse:
+        """Records that cannot be scored are listed in ``rejected`` with every reason; the others are scored."""
+        return await self._predict(request, credentials, "accounts", include_features)
+
+    @api.get(
+        "/forecast",
+        responses=_ERRORS,
+        summary="Revenue forecast (P10/P50/P90) for the current period, optionally by rep/team/region",
+        tags=["predictions"],
+    )
+    async def forecast(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        period: Annotated[Literal["month", "quarter"], Query()] = "quarter",
+        by: Annotated[Literal["rep", "team", "region"] | None, Query()] = None,
+        as_of: Annotated[
+            str | None, Query(description="ISO date (default: latest date in the dataset).")
+        ] = None,
+    ) -> JSONResponse:
+        """Forecast from the service's configured dataset (``REVCAST_DATA_DIR``)."""
+        started = time.perf_counter()
+        request_id = _request_id(request)
+        status = 500
+        try:
+            self._check_token(credentials)
+            if self.config.data_dir is None:
+                raise ApiError(503, "no dataset is configured: set REVCAST_DATA_DIR to a dataset directory")
+            if self._forecast_tables is None:
+                raise ApiError(503, self._forecast_error or "the forecast dataset is still loading")
+            from serving.requests import parse_as_of
+
+            tables = self._forecast_tables
+            when = parse_as_of(as_of) if as_of is not None else None
+            result = await run_in_threadpool(_forecast, tables, when, period, by)
+            status = 200
+            return JSONResponse(result, headers={"X-Request-ID": request_id})
+        except (ApiError, RequestError) as exc:
+            status = _status_of(exc)
+            return _error_response(status, str(exc), getattr(exc, "field", None))
+        except ValueError as exc:  # the engine's own message (e.g. no history to learn from)
+            status = 422
+            return _error_response(422, str(exc).splitlines()[0])
+        except Exception as exc:
+            logger.exception("forecast %s failed: %s", request_id, type(exc).__name__)
+            return _error_response(500, f"internal error (request id {request_id})")
+        finally:
+            _log_request(
+                {
+                    "event": "request",
+                    "request_id": request_id,
+                    "endpoint": "forecast",
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+            )
+
+    @api.get("/models", response_model=ModelsResponse, tags=["service"], summary="Models being served")
+    async def models_info(self) -> ModelsResponse:
+        """Name, version, alias and sha256 of every model kind, and why one is missing."""
+        return _models_response(self.models, self.config)
+
+    @api.post(
+        "/admin/reload",
+        response_model=ModelsResponse,
+        responses=_ERRORS,
+        tags=["service"],
+        summary="Load the models now behind the alias; keep the old one of any kind that fails",
+    )
+    async def admin_reload(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> JSONResponse:
+        """Swap to newly promoted champions without dropping requests in flight."""
+        try:
+            self._check_token(credentials)
+        except ApiError as exc:
+            return _error_response(exc.status, str(exc))
+        outcome = await run_in_threadpool(self.reload)
+        response = _models_response(self.models, self.config)
+        response.reload = outcome
+        return JSONResponse(response.model_dump())
+
+
+def _score_opportunity_records(
+    models: ModelSet, records: list[Any], as_of: pd.Timestamp, config: ServiceConfig, include_features: bool
+) -> dict[str, Any]:
+    return score_opportunities(models, prepare_opportunities(records, as_of), config, include_features)
+
+
+def _score_account_records(
+    models: ModelSet, records: list[Any], as_of: pd.Timestamp, config: ServiceConfig, include_features: bool
+) -> dict[str, Any]:
+    return score_accounts(models, prepare_accounts(records, as_of), config, include_features)
+
+
+def _forecast(
+    tables: dict[str, pd.DataFrame], as_of: pd.Timestamp | None, period: str, by: str | None
+) -> dict:
+    from features.labels import data_export_date
+    from serving.forecast import forecast_revenue
+
+    if as_of is None:
+        as_of = data_export_date(tables)
+    result = forecast_revenue(tables, as_of, period=period, by=by, current_state_as_of=as_of)  # type: ignore[arg-type]
+    return result.to_dict()
+
+
+def _models_response(models: ModelSet, config: ServiceConfig) -> ModelsResponse:
+    from serving.schemas import ModelInfo
+
+    infos = {}
+    for kind in MODEL_KINDS:
+        loaded = models.models.get(kind)
+        infos[kind] = ModelInfo(
+            name=str(loaded.info.get("name")) if loaded else config.model_names.get(kind, kind),
+            version=loaded.version if loaded else None,
+            alias=config.model_alias,
+            run_id=loaded.info.get("run_id") if loaded else None,
+            sha256=loaded.info.get("sha256") if loaded else None,
+            loaded=loaded is not None,
+            error=models.errors.get(kind),
+        )
+    return ModelsResponse(ready=models.ready(config.required_models), models=infos)
+
+
+_METRICS: dict[str, Any] = {}
+
+
+def _metrics() -> dict[str, Any]:
+    """Prometheus metrics (exported on /metrics), created once per process."""
+    if not _METRICS:
+        _METRICS["records"] = bentoml.metrics.Counter(
+            name="revcast_records_total",
+            documentation="Records received by the prediction endpoints, by outcome (scored/rejected).",
+            labelnames=["endpoint", "outcome"],
+        )
+        _METRICS["loaded"] = bentoml.metrics.Gauge(
+            name="revcast_model_version",
+            documentation="Registered version of each served model (0 = not loaded).",
+            labelnames=["model"],
+        )
+    return _METRICS
+
+
+def _configure_logging() -> None:
+    """Request lines go to stderr as JSON (one per request), whatever BentoML does with other loggers."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonLineFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class _JsonLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        try:
+            fields = json.loads(message)
+            if not isinstance(fields, dict):
+                fields = {"message": message}
+        except ValueError:
+            fields = {"message": message}
+        fields = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            **fields,
+        }
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(fields, separators=(",", ":"), default=str)

@@ -1,0 +1,201 @@
+"""Session fixtures of the serving tests: a synthetic CRM, tiny real models in a real MLflow server on
+loopback, and the real service started with `bentoml serve` as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving.crm import write_crm_csv
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TOKEN = "test-token-7f3a"
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(
+    url: str, timeout_s: float, process: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; fail with the process log when it dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"process exited with {process.returncode} before {url} was ready:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{tail}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a process group started by these fixtures (and only that group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def crm_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The synthetic CRM, loaded (validated, canonical dtypes) by the real loader."""
+    from features.data import load_tables
+
+    directory = write_crm_csv(tmp_path_factory.mktemp("crm") / "data")
+    tables, report = load_tables(directory)
+    assert report.ok, report.summary_lines()
+    return {"dir": directory, "tables": tables}
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback with a SQLite store and proxied artifacts."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{uri}/health", 120, process, log)
+        yield uri
+    finally:
+        stop(process)
+
+
+@dataclass
+class Registry:
+    """The tiny models registered as champions, plus what is needed to register more."""
+
+    uri: str
+    frames: dict
+    bundles: dict
+    versions: dict
+
+
+@pytest.fixture(scope="session")
+def registry(mlflow_uri: str, crm_tables: dict) -> Registry:
+    """win, amount and churn trained on the synthetic CRM and registered as `champion`."""
+    from tests.serving.models import register_bundle, train_bundle, training_frames
+
+    frames = training_frames(crm_tables["tables"])
+    bundles = {kind: train_bundle(kind, frames) for kind in ("win", "amount", "churn")}
+    versions = {kind: register_bundle(bundle, kind, mlflow_uri) for kind, bundle in bundles.items()}
+    return Registry(uri=mlflow_uri, frames=frames, bundles=bundles, versions=versions)
+
+
+@dataclass
+class Server:
+    """A running service."""
+
+    url: str
+    token: str
+    log: Path
+    process: subprocess.Popen
+
+    def headers(self) -> dict[str, str]:
+        """Authorization header for the prediction endpoints."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def start_service(env_overrides: dict[str, str], workdir: Path, timeout_s: float = 180) -> Server:
+    """Start `bentoml serve serving.service:RevcastService` on a free loopback port and wait for /readyz."""
+    port = free_port()
+    env = {**os.environ, "REVCAST_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True"}
+    env.update(env_overrides)
+    log = workdir / f"service-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                str(BIN / "bentoml"),
+                "serve",
+                "serving.service:RevcastService",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/readyz", timeout_s, process, log)
+    except Exception:
+        stop(process)
+        raise
+    return Server(url=url, token=TOKEN, log=log, process=process)
+
+
+@pytest.fixture(scope="session")
+def service(
+    registry: Registry, crm_tables: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The service with the champions loaded and the CRM configured for the forecast."""
+    workdir = tmp_path_factory.mktemp("service")
+    server = start_service(
+        {
+            "MLFLOW_TRACKING_URI": registry.uri,
+            "REVCAST_DATA_DIR": str(crm_tables["dir"]),
+            "REVCAST_MAX_RECORDS": "1500",
+            "REVCAST_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+        },
+        workdir,
+    )
+    try:
+        yield server
+    finally:
+        stop(server.process)
+
+
+@pytest.fixture()
+def client(service: Server) -> Iterator[httpx.Client]:
+    """An HTTP client for the running service (no auth header by default)."""
+    with httpx.Client(base_url=service.url, timeout=120) as http:
+        yield http

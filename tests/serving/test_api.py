@@ -1,0 +1,288 @@
+"""The prediction API against a real `bentoml serve` process and a real MLflow registry (CONTRACT §3)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import httpx
+import pandas as pd
+import pytest
+
+from serving.schemas import EXAMPLE_CHURN_REQUEST, EXAMPLE_OPPORTUNITY_REQUEST
+from tests.serving.crm import EXPORT, opportunity_records
+
+pytestmark = pytest.mark.server
+
+
+def _open_deals(tables: dict, as_of: pd.Timestamp, n: int) -> list[str]:
+    opps = tables["opportunities"]
+    open_now = opps[(opps["created_at"] <= as_of) & ~(opps["closed_at"] <= as_of)]
+    return open_now["opportunity_id"].head(n).tolist()
+
+
+def _customers(tables: dict, as_of: pd.Timestamp, n: int) -> list[str]:
+    subs = tables["subscriptions"]
+    active = subs[(subs["start_date"] <= as_of) & (subs["end_date"].isna() | (subs["end_date"] > as_of))]
+    return sorted(active["account_id"].unique())[:n]
+
+
+def test_health_endpoints_are_open(client: httpx.Client) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "revcast_model_version" in metrics.text
+
+
+def test_score_opportunities_happy_path(client, service, registry) -> None:
+    response = client.post(
+        "/v1/opportunities/score", json=EXAMPLE_OPPORTUNITY_REQUEST, headers=service.headers()
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "win"
+    assert body["model_version"] == registry.versions["win"]
+    assert body["amount_model_version"] == registry.versions["amount"]
+    assert body["rejected"] == []
+    (result,) = body["results"]
+    assert result["opportunity_id"] == "o-1"
+    assert 0.0 <= result["win_probability"] <= 1.0
+    assert 1 <= result["score"] <= 99
+    assert result["grade"] in {"A", "B", "C", "D"}
+    assert result["expected_amount_source"] == "amount_model"
+    assert result["expected_revenue"] == pytest.approx(
+        result["win_probability"] * result["expected_amount"], abs=0.02
+    )
+    assert 1 <= len(result["top_factors"]) <= 5
+    assert {"feature", "value", "contribution"} <= set(result["top_factors"][0])
+    assert response.headers.get("x-request-id")
+
+
+def test_churn_happy_path(client, service, registry) -> None:
+    response = client.post("/v1/accounts/churn", json=EXAMPLE_CHURN_REQUEST, headers=service.headers())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "churn"
+    assert body["model_version"] == registry.versions["churn"]
+    (result,) = body["results"]
+    assert result["account_id"] == "a-9"
+    assert result["arr"] == pytest.approx(440.0 * 12)
+    assert result["revenue_at_risk"] == pytest.approx(result["arr"] * result["churn_probability"], abs=0.02)
+    assert result["risk_band"] in {"high", "medium", "low"}
+    assert result["top_factors"]
+
+
+@pytest.mark.parametrize("path", ["/v1/opportunities/score", "/v1/accounts/churn", "/v1/admin/reload"])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer "])
+def test_prediction_and_admin_endpoints_need_the_token(client, path, auth) -> None:
+    headers = {} if auth is None else {"Authorization": auth}
+    response = client.post(path, json=EXAMPLE_OPPORTUNITY_REQUEST, headers=headers)
+    assert response.status_code == 401, response.text
+    assert "token" in response.json()["error"]
+
+
+def test_forecast_needs_the_token(client) -> None:
+    assert client.get("/v1/forecast").status_code == 401
+
+
+def _post(client, service, path: str, payload) -> httpx.Response:
+    return client.post(path, json=payload, headers=service.headers())
+
+
+def _single_opportunity(**changes) -> dict:
+    payload = copy.deepcopy(EXAMPLE_OPPORTUNITY_REQUEST)
+    payload["opportunities"][0].update(changes)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"amount": "lots"}, "amount"),
+        ({"amount": [1, 2]}, "amount"),
+        ({"created_at": "31/02/2026"}, "created_at"),
+        ({"created_at": 1754000000}, "created_at"),
+        ({"type": "upsell"}, "type"),
+        ({"outcome": "maybe"}, "outcome"),
+        ({"opportunity_id": None}, "opportunity_id"),
+        ({"history": [{"stage": "demo"}]}, "history.0.changed_at"),
+        (
+            {
+                "activities": [
+                    {"activity_id": "x", "occurred_at": "2026-10-01", "type": "call", "replied": "sometimes"}
+                ]
+            },
+            "activities.0.replied",
+        ),
+        (
+            {"account": {"account_id": "a-9", "created_at": "2021-03-01", "employees": -5}},
+            "account.employees",
+        ),
+        ({"created_at": "2027-01-01"}, "created_at"),
+    ],
+)
+def test_invalid_record_answers_422_naming_the_field(client, service, changes, field) -> None:
+    response = _post(client, service, "/v1/opportunities/score", _single_opportunity(**changes))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert field in body["error"], body
+    rejected = body["details"][0]
+    assert rejected["index"] == 0
+    assert any(error.startswith(field) for error in rejected["errors"]), rejected
+
+
+def test_missing_required_field_is_named(client, service) -> None:
+    payload = copy.deepcopy(EXAMPLE_OPPORTUNITY_REQUEST)
+    del payload["opportunities"][0]["account_id"]
+    response = _post(client, service, "/v1/opportunities/score", payload)
+    assert response.status_code == 422
+    assert "account_id: Field required" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "field"),
+    [
+        ({"opportunities": []}, 422, "opportunities"),
+        ({"opportunities": {"a": 1}}, 422, "opportunities"),
+        ({}, 422, "opportunities"),
+        ({"as_of": "yesterday", "opportunities": [{}]}, 422, "as_of"),
+        ({"as_of": 20261101, "opportunities": [{}]}, 422, "as_of"),
+        ({"opportunities": [{}], "extra": 1}, 422, "extra"),
+        ([1, 2], 422, None),
+    ],
+)
+def test_invalid_envelope_answers_4xx_naming_the_field(client, service, payload, status, field) -> None:
+    response = _post(client, service, "/v1/opportunities/score", payload)
+    assert response.status_code == status, response.text
+    if field is not None:
+        assert response.json()["field"] == field
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused_naming_the_field(client, service, token) -> None:
+    text = json.dumps(EXAMPLE_OPPORTUNITY_REQUEST).replace('"amount": 42000', f'"amount": {token}')
+    response = client.post(
+        "/v1/opportunities/score",
+        content=text,
+        headers={**service.headers(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == "opportunities[0].amount"
+
+
+def test_body_must_be_json(client, service) -> None:
+    bad = client.post(
+        "/v1/opportunities/score",
+        content=b"{not json",
+        headers={**service.headers(), "Content-Type": "application/json"},
+    )
+    assert bad.status_code == 400
+    assert "not valid JSON" in bad.json()["error"]
+    form = client.post(
+        "/v1/opportunities/score", content=b"a=1", headers={**service.headers(), "Content-Type": "text/plain"}
+    )
+    assert form.status_code == 415
+
+
+def test_oversized_body_is_413(client, service) -> None:
+    payload = copy.deepcopy(EXAMPLE_OPPORTUNITY_REQUEST)
+    payload["opportunities"][0]["notes"] = "x" * (9 * 1024 * 1024)
+    response = _post(client, service, "/v1/opportunities/score", payload)
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+
+def test_oversized_batch_is_413(client, service) -> None:
+    payload = {"opportunities": [EXAMPLE_OPPORTUNITY_REQUEST["opportunities"][0]] * 1501}
+    response = _post(client, service, "/v1/opportunities/score", payload)
+    assert response.status_code == 413
+    assert "1501 records" in response.json()["error"]
+    assert response.json()["field"] == "opportunities"
+
+
+def test_mixed_batch_scores_the_good_and_rejects_the_bad(client, service) -> None:
+    good = EXAMPLE_OPPORTUNITY_REQUEST["opportunities"][0]
+    records = [
+        good,
+        {**good, "opportunity_id": "o-2", "created_at": "31/02/2026"},
+        {**good, "opportunity_id": "o-3"},
+        "not an object",
+        {**good, "opportunity_id": "o-4", "closed_at": "2026-10-01", "outcome": "won"},
+        {**good, "opportunity_id": "o-1"},
+        {**good, "opportunity_id": "o-5", "history": [{"changed_at": "2026-12-01", "stage": "demo"}]},
+    ]
+    response = _post(
+        client, service, "/v1/opportunities/score", {"as_of": "2026-11-01", "opportunities": records}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["opportunity_id"] for r in body["results"]] == ["o-1", "o-3"]
+    rejected = {item["index"]: item for item in body["rejected"]}
+    assert sorted(rejected) == [1, 3, 4, 5, 6]
+    assert rejected[1]["opportunity_id"] == "o-2" and rejected[1]["errors"][0].startswith("created_at:")
+    assert rejected[3]["opportunity_id"] is None
+    assert rejected[4]["errors"][0].startswith("outcome:")
+    assert "more than once" in rejected[5]["errors"][0]
+    assert rejected[6]["errors"][0].startswith("history[0].changed_at:")
+
+
+def test_churn_rejects_account_without_active_subscription(client, service) -> None:
+    good = EXAMPLE_CHURN_REQUEST["accounts"][0]
+    ended = {
+        **good,
+        "account_id": "a-10",
+        "subscriptions": [{**good["subscriptions"][0], "subscription_id": "s-9", "end_date": "2026-01-01"}],
+    }
+    response = _post(
+        client, service, "/v1/accounts/churn", {"as_of": "2026-11-01", "accounts": [good, ended]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["account_id"] for r in body["results"]] == ["a-9"]
+    assert body["rejected"][0]["account_id"] == "a-10"
+    assert "no subscription is active" in body["rejected"][0]["errors"][0]
+
+
+def test_batch_of_1000_records(client, service, crm_tables) -> None:
+    tables = crm_tables["tables"]
+    base = opportunity_records(tables, _open_deals(tables, EXPORT, 20), EXPORT)
+    records = []
+    for i in range(1000):
+        record = copy.deepcopy(base[i % len(base)])
+        record["opportunity_id"] = f"{record['opportunity_id']}-{i}"
+        for activity in record["activities"]:
+            activity["activity_id"] = f"{activity['activity_id']}-{i}"
+            activity.pop("opportunity_id", None)
+        records.append(record)
+    response = _post(
+        client, service, "/v1/opportunities/score", {"as_of": EXPORT.isoformat(), "opportunities": records}
+    )
+    assert response.status_code == 200, response.text[:500]
+    body = response.json()
+    assert len(body["results"]) == 1000 and body["rejected"] == []
+    # The same deal under another id gets the same score: records do not leak into each other.
+    by_id = {r["opportunity_id"]: r["win_probability"] for r in body["results"]}
+    first_id = base[0]["opportunity_id"]
+    assert by_id[f"{first_id}-0"] == by_id[f"{first_id}-{len(base)}"]
+
+
+def test_forecast(client, service) -> None:
+    response = client.get(
+        "/v1/forecast", params={"period": "quarter", "by": "team"}, headers=service.headers()
+    )
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 200:
+        body = response.json()
+        assert body["period"] == "quarter"
+    bad = client.get("/v1/forecast", params={"period": "week"}, headers=service.headers())
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "period"
+
+
+def test_openapi_page_documents_the_api(client) -> None:
+    spec = client.get("/v1/openapi.json").json()
+    assert {"/opportunities/score", "/accounts/churn", "/forecast", "/admin/reload"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    assert "OpportunityScoreRequest" in schemas and "OpportunityIn" in schemas
+    assert client.get("/v1/docs").status_code == 200
