@@ -343,6 +343,49 @@ def log_training_run(
     return LoggedRun(run_id, experiment_id, model_uri, version, document)
 
 
+def log_evaluation_run(
+    model: str,
+    *,
+    metrics_document: Mapping[str, Any],
+    params: Mapping[str, Any] | None = None,
+    artifacts: Mapping[str, str | Path] | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Log a run without a model (e.g. a forecast backtest) into the ``revcast-<model>`` experiment.
+
+    Args:
+        model: Model name (``forecast`` -> experiment ``revcast-forecast``).
+        metrics_document: JSON document; logged as ``metrics.json`` (with ``run_id`` filled in) and
+            its numbers as metrics (see ``metrics_for_mlflow``).
+        params: Parameters (flattened ``a.b``).
+        artifacts: ``{name: path}`` of files to log (directory ``artifacts/``).
+        tags: Run tags.
+        run_name: Optional run name.
+        tracking_uri: MLflow URI.
+
+    Returns:
+        ``(run_id, document with run_id)``.
+    """
+    import mlflow
+
+    uri = _activate(tracking_uri)
+    experiment_id = experiment_for(model, uri)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags={"revcast.model": model, **dict(tags or {})}
+    ) as run:
+        if params:
+            mlflow.log_params(flatten_params(params))
+        document = dict(metrics_document)
+        document["run_id"] = run.info.run_id
+        mlflow.log_metrics(metrics_for_mlflow(document))
+        mlflow.log_dict(json_safe(document), METRICS_ARTIFACT)
+        for path in (artifacts or {}).values():
+            mlflow.log_artifact(str(path), artifact_path="artifacts")
+    return run.info.run_id, document
+
+
 def load_test_set(run_id: str, tracking_uri: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The out-of-time test set and its description (``test_set.json``) stored by a training run."""
     import mlflow.artifacts
