@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -58,6 +59,7 @@ from serving.schemas import (
     OpportunityScoreRequest,
     OpportunityScoreResponse,
 )
+from serving.ui import ui_app  # managers' web page, mounted under /ui (owner: serving/ui)
 
 logger = logging.getLogger("revcast.api")
 
@@ -129,26 +131,39 @@ def load_model_set(
     models: dict[str, LoadedModel] = {}
     errors: dict[str, str] = {}
     outcome: dict[str, str] = {}
-    for kind in MODEL_KINDS:
-        old = previous.models.get(kind) if previous is not None else None
+
+    def load_one(kind: str) -> LoadedModel | Exception:
         try:
             bundle, info = resolver(kind, config.model_alias, config.tracking_uri)
             candidate = LoadedModel(bundle=bundle, info=dict(info))
-            if old is not None and old.info.get("sha256") == candidate.info.get("sha256"):
-                models[kind] = old
-                outcome[kind] = "unchanged"
-                continue
-            _warm_one(kind, candidate, config)
-            models[kind] = candidate
-            outcome[kind] = "loaded" if old is None else f"swapped {old.version} -> {candidate.version}"
+            old = previous.models.get(kind) if previous is not None else None
+            if old is None or old.info.get("sha256") != candidate.info.get("sha256"):
+                _warm_one(kind, candidate, config)
+            return candidate
         except Exception as exc:  # any failure must leave the previous model serving
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            if old is not None:
-                models[kind] = old
-                outcome[kind] = f"kept old ({old.version}): {reason}"
+            return exc
+
+    # The kinds load in parallel: start-up time is the slowest download, not the sum of them.
+    with ThreadPoolExecutor(max_workers=len(MODEL_KINDS), thread_name_prefix="revcast-load") as pool:
+        loaded = dict(zip(MODEL_KINDS, pool.map(load_one, MODEL_KINDS), strict=True))
+    for kind, result in loaded.items():
+        old = previous.models.get(kind) if previous is not None else None
+        if isinstance(result, LoadedModel):
+            if old is not None and old.info.get("sha256") == result.info.get("sha256"):
+                models[kind], outcome[kind] = old, "unchanged"
             else:
-                errors[kind] = reason
-                outcome[kind] = f"not loaded: {reason}"
+                models[kind] = result
+                outcome[kind] = "loaded" if old is None else f"swapped {old.version} -> {result.version}"
+            continue
+        reason = (
+            f"{type(result).__name__}: {str(result).strip().splitlines()[0] if str(result).strip() else ''}"
+        )
+        if old is not None:
+            models[kind] = old
+            outcome[kind] = f"kept old ({old.version}): {reason}"
+        else:
+            errors[kind] = reason
+            outcome[kind] = f"not loaded: {reason}"
     return ModelSet(models=models, errors=errors, warmed=True), outcome
 
 
@@ -496,6 +511,7 @@ def _service_workers() -> int:
 
 @bentoml.service(name="revcast", workers=_service_workers(), traffic={"timeout": _service_timeout()})
 @bentoml.asgi_app(api, path="/v1")
+@bentoml.asgi_app(ui_app, path="/ui")  # managers' web page (owner: serving/ui); same token, session cookie
 class RevcastService:
     """Win probability, deal revenue, churn risk and the revenue forecast over HTTP (CONTRACT §3)."""
 

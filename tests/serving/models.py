@@ -74,8 +74,13 @@ def train_bundle(kind: str, frames: dict[str, pd.DataFrame], n_trees: int = 15, 
     )
 
 
-def register_bundle(bundle: ModelBundle, kind: str, tracking_uri: str, alias: str = "champion") -> str:
-    """Log the bundle as a models-from-code pyfunc model, register it and point ``alias`` at it."""
+def register_bundle(
+    bundle: ModelBundle, kind: str, tracking_uri: str, alias: str = "champion", sha256_tag: str | None = None
+) -> str:
+    """Log the bundle as a models-from-code pyfunc model, register it and point ``alias`` at it.
+
+    ``sha256_tag`` overrides the registered digest (to register a deliberately inconsistent version).
+    """
     import mlflow
 
     from serving.registry import SHA256_TAG, mlflow_client, registered_name
@@ -87,6 +92,8 @@ def register_bundle(bundle: ModelBundle, kind: str, tracking_uri: str, alias: st
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id):
         bundle_dir = bundle.save(Path(tmp) / "bundle")
         model_uri = log_bundle_model(bundle_dir, tracking_uri=tracking_uri)
-        version = register(model_uri, kind, tags={SHA256_TAG: bundle.sha256}, tracking_uri=tracking_uri)
+        version = register(
+            model_uri, kind, tags={SHA256_TAG: sha256_tag or bundle.sha256}, tracking_uri=tracking_uri
+        )
     mlflow_client(tracking_uri).set_registered_model_alias(registered_name(kind), alias, version)
     return version

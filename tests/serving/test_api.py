@@ -74,7 +74,7 @@ def test_churn_happy_path(client, service, registry) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/opportunities/score", "/v1/accounts/churn", "/v1/admin/reload"])
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer "])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", "Basic dXNlcjpwYXNz", "Bearer"])
 def test_prediction_and_admin_endpoints_need_the_token(client, path, auth) -> None:
     headers = {} if auth is None else {"Authorization": auth}
     response = client.post(path, json=EXAMPLE_OPPORTUNITY_REQUEST, headers=headers)

@@ -1,0 +1,120 @@
+"""The API computes exactly the batch path's features and scores for the same records and as_of."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.account import build_account_features
+from features.opportunity import build_opportunity_features
+from serving.bundle import json_safe
+from tests.serving.crm import EXPORT, account_records, opportunity_records
+
+pytestmark = pytest.mark.server
+
+
+def _same(api_value, batch_value) -> bool:
+    batch_value = json_safe(batch_value)
+    if api_value is None or batch_value is None:
+        return api_value is None and batch_value is None
+    if isinstance(batch_value, float | int) and not isinstance(batch_value, bool):
+        return math.isclose(float(api_value), float(batch_value), rel_tol=1e-9, abs_tol=1e-9)
+    return api_value == batch_value
+
+
+def _compare_features(api_results: list[dict], batch: pd.DataFrame, id_column: str, names: list[str]) -> None:
+    batch = batch.set_index(id_column)
+    mismatches = []
+    for result in api_results:
+        row = batch.loc[result[id_column]]
+        for name in names:
+            if not _same(result["features"][name], row[name]):
+                mismatches.append((result[id_column], name, result["features"][name], row[name]))
+    assert not mismatches, mismatches[:10]
+
+
+def test_opportunity_features_and_scores_match_the_batch_path(client, service, registry, crm_tables) -> None:
+    tables = crm_tables["tables"]
+    opps = tables["opportunities"]
+    ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].head(40).tolist()
+    assert len(ids) >= 20
+    records = opportunity_records(tables, ids, EXPORT)
+    response = client.post(
+        "/v1/opportunities/score",
+        params={"include_features": "true"},
+        json={"as_of": EXPORT.date().isoformat(), "opportunities": records},
+        headers=service.headers(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["rejected"] == []
+    assert [r["opportunity_id"] for r in body["results"]] == ids
+
+    # The batch path on the same facts: the loaded tables restricted to these deals, up to as_of.
+    history = tables["opportunity_history"]
+    activities = tables["activities"]
+    subset = {
+        "opportunities": opps[opps["opportunity_id"].isin(ids)],
+        "accounts": tables["accounts"][
+            tables["accounts"]["account_id"].isin(opps.loc[opps["opportunity_id"].isin(ids), "account_id"])
+        ],
+        "opportunity_history": history[
+            history["opportunity_id"].isin(ids) & (history["changed_at"] <= EXPORT)
+        ],
+        "activities": activities[
+            activities["opportunity_id"].isin(ids) & (activities["occurred_at"] <= EXPORT)
+        ],
+    }
+    batch = build_opportunity_features(subset, EXPORT, current_state_as_of=EXPORT)
+    win = registry.bundles["win"]
+    _compare_features(body["results"], batch, "opportunity_id", win.feature_names)
+
+    batch = batch.set_index("opportunity_id").loc[ids]
+    expected_p = win.predict(batch)
+    expected_amount = np.clip(registry.bundles["amount"].predict(batch), 0, None)
+    api_p = np.array([r["win_probability"] for r in body["results"]])
+    api_amount = np.array([r["expected_amount"] for r in body["results"]])
+    np.testing.assert_allclose(api_p, expected_p, atol=1e-6)
+    np.testing.assert_allclose(api_amount, expected_amount, atol=0.01)
+    # Not a constant model: the parity above would be weak if every deal got the same score.
+    assert np.ptp(api_p) > 0
+
+
+def test_churn_features_and_scores_match_the_batch_path(client, service, registry, crm_tables) -> None:
+    tables = crm_tables["tables"]
+    subs = tables["subscriptions"]
+    active = subs[(subs["start_date"] <= EXPORT) & (subs["end_date"].isna() | (subs["end_date"] > EXPORT))]
+    ids = sorted(active["account_id"].unique())[:25]
+    assert len(ids) >= 10
+    records = account_records(tables, ids, EXPORT)
+    response = client.post(
+        "/v1/accounts/churn",
+        params={"include_features": "true"},
+        json={"as_of": EXPORT.date().isoformat(), "accounts": records},
+        headers=service.headers(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["rejected"] == []
+    time_columns = {
+        "subscriptions": "start_date",
+        "usage": "date",
+        "tickets": "opened_at",
+        "surveys": "responded_at",
+        "activities": "occurred_at",
+    }
+    subset = {"accounts": tables["accounts"][tables["accounts"]["account_id"].isin(ids)]}
+    for name, column in time_columns.items():
+        frame = tables[name]
+        subset[name] = frame[frame["account_id"].isin(ids) & (frame[column] <= EXPORT)]
+    batch = build_account_features(subset, EXPORT)
+    churn = registry.bundles["churn"]
+    _compare_features(body["results"], batch, "account_id", churn.feature_names)
+    batch = batch.set_index("account_id").loc[[r["account_id"] for r in body["results"]]]
+    np.testing.assert_allclose(
+        [r["churn_probability"] for r in body["results"]], churn.predict(batch), atol=1e-6
+    )
+    np.testing.assert_allclose([r["arr"] for r in body["results"]], batch["arr"].to_numpy(), atol=0.01)

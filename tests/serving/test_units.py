@@ -1,0 +1,168 @@
+"""In-process checks of the serving pieces that need no server: config, request parsing, model loading."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+
+from serving.config import ConfigError, config_from_env, grade_for, risk_band_for, score_for
+from serving.requests import (
+    RequestError,
+    find_non_finite,
+    parse_envelope,
+    parse_json_body,
+    prepare_accounts,
+    prepare_opportunities,
+)
+from serving.schemas import EXAMPLE_CHURN_REQUEST, EXAMPLE_OPPORTUNITY_REQUEST
+
+AS_OF = pd.Timestamp("2026-11-01")
+
+
+def test_config_from_env_overrides_and_validates() -> None:
+    config = config_from_env(
+        {
+            "REVCAST_API_TOKEN": "t",
+            "REVCAST_GRADE_CUTS": "0.7,0.5,0.3",
+            "REVCAST_MAX_RECORDS": "10",
+            "REVCAST_REQUIRED_MODELS": "win",
+        }
+    )
+    assert config.api_token == "t" and config.max_records == 10 and config.required_models == ("win",)
+    assert grade_for(0.69, config.grade_cuts) == "B" and grade_for(0.7, config.grade_cuts) == "A"
+    assert grade_for(0.29, config.grade_cuts) == "D"
+    with pytest.raises(ConfigError, match="REVCAST_GRADE_CUTS"):
+        config_from_env({"REVCAST_GRADE_CUTS": "0.7,0.5"})
+    with pytest.raises(ConfigError, match="decrease"):
+        config_from_env({"REVCAST_GRADE_CUTS": "0.3,0.5,0.7"})
+    with pytest.raises(ConfigError, match="REVCAST_MAX_RECORDS"):
+        config_from_env({"REVCAST_MAX_RECORDS": "many"})
+    with pytest.raises(ConfigError, match="unknown model kinds"):
+        config_from_env({"REVCAST_REQUIRED_MODELS": "win,forecast"})
+
+
+def test_score_and_band_edges() -> None:
+    assert score_for(0.0) == 1 and score_for(1.0) == 99 and score_for(0.374) == 37
+    cuts = {"high": 0.5, "medium": 0.2}
+    assert [risk_band_for(p, cuts) for p in (0.5, 0.49, 0.2, 0.19)] == ["high", "medium", "medium", "low"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{", 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "UTF-8"),
+        (b'{"a": [1, {"b": NaN}]}', 422, "a[1].b"),
+        (b'{"a": -Infinity}', 422, "a:"),
+        (b'{"a": 1e999}', 422, "a:"),
+    ],
+)
+def test_parse_json_body_errors(body: bytes, status: int, needle: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_json_body(body)
+    assert info.value.status == status
+    assert needle in str(info.value)
+
+
+def test_find_non_finite_returns_none_for_clean_json() -> None:
+    assert find_non_finite(json.loads(json.dumps(EXAMPLE_OPPORTUNITY_REQUEST))) is None
+
+
+def test_envelope_limits_and_default_as_of() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_envelope({"opportunities": [{}] * 3}, "opportunities", max_records=2)
+    assert info.value.status == 413
+    as_of, records = parse_envelope(
+        {"opportunities": [{}]}, "opportunities", 5, now=pd.Timestamp("2026-01-02T03:04:05Z")
+    )
+    assert as_of == pd.Timestamp("2026-01-02 03:04:05") and records == [{}]
+    as_of, _ = parse_envelope(
+        {"as_of": "2026-01-02T10:00:00+02:00", "opportunities": [{}]}, "opportunities", 5
+    )
+    assert as_of == pd.Timestamp("2026-01-02 08:00:00")
+
+
+def test_prepare_opportunities_canonical_tables() -> None:
+    record = copy.deepcopy(EXAMPLE_OPPORTUNITY_REQUEST["opportunities"][0])
+    record.update(stage=" Proposal ", lead_source="Inbound", unknown_extra="kept")
+    record["activities"][0]["type"] = "Meeting"
+    batch = prepare_opportunities([record], AS_OF)
+    assert batch.accepted == [(0, "o-1")] and batch.rejected == []
+    opps = batch.tables["opportunities"]
+    assert opps.loc[0, "stage"] == "proposal" and opps.loc[0, "lead_source"] == "inbound"
+    assert str(opps["created_at"].dtype) == "datetime64[ns]" and opps["amount"].dtype == "float64"
+    assert batch.tables["activities"].loc[0, "type"] == "meeting"
+    assert batch.tables["activities"].loc[0, "opportunity_id"] == "o-1"
+    assert batch.tables["opportunity_history"].loc[0, "opportunity_id"] == "o-1"
+    assert batch.values["o-1"]["amount"] == 42000.0
+
+
+def test_prepare_opportunities_reports_every_reason_per_record() -> None:
+    good = EXAMPLE_OPPORTUNITY_REQUEST["opportunities"][0]
+    bad = {**good, "opportunity_id": "o-2", "type": "upsell", "amount": -1, "created_at": "2026-13-01"}
+    other_account = {**good, "opportunity_id": "o-3", "account": {**good["account"], "industry": "tech"}}
+    batch = prepare_opportunities([good, bad, other_account, 7], AS_OF)
+    assert batch.accepted == [(0, "o-1")]
+    rejected = {item["index"]: item for item in batch.rejected}
+    assert sorted(rejected) == [1, 2, 3]
+    fields = sorted(error.split(":")[0] for error in rejected[1]["errors"])
+    assert fields == ["amount", "created_at", "type"]
+    assert rejected[2]["errors"][0].startswith("account: differs")
+    assert rejected[3] == {
+        "index": 3,
+        "opportunity_id": None,
+        "errors": ["<record>: expected a JSON object, got int"],
+    }
+    # Only accepted records reach the tables.
+    assert batch.tables["opportunities"]["opportunity_id"].tolist() == ["o-1"]
+
+
+def test_prepare_accounts_keeps_usage_metrics_numeric() -> None:
+    record = copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0])
+    record["usage"][0]["reports_run"] = 4
+    batch = prepare_accounts(
+        [record, {**record, "account_id": "a-2", "usage": [{"date": "2026-10-01", "seats": "many"}]}], AS_OF
+    )
+    assert batch.accepted == [(0, "a-9")]
+    assert batch.tables["usage"]["reports_run"].dtype == "float64"
+    assert batch.rejected[0]["errors"][0].startswith("usage[0].seats:")
+
+
+class _FakeBundle:
+    feature_names: list[str] = []
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+
+def test_load_model_set_swaps_keeps_and_reports(monkeypatch) -> None:
+    import serving.service as service
+
+    monkeypatch.setattr(service, "_warm_one", lambda kind, model, config: None)
+    config = config_from_env({"REVCAST_API_TOKEN": "t"})
+    registry = {"win": ("1", "aaa"), "amount": ("1", "bbb"), "churn": ("1", "ccc")}
+
+    def resolver(kind, alias, uri):
+        version, sha = registry[kind]
+        if sha == "broken":
+            raise RuntimeError(f"{kind} bundle sha256 mismatch")
+        return _FakeBundle(), {"name": f"revcast-{kind}", "version": version, "sha256": sha}
+
+    first, outcome = service.load_model_set(config, resolver=resolver)
+    assert outcome == {"win": "loaded", "amount": "loaded", "churn": "loaded"} and first.ready(
+        ("win", "churn")
+    )
+    registry.update(win=("2", "ddd"), churn=("2", "broken"))
+    second, outcome = service.load_model_set(config, previous=first, resolver=resolver)
+    assert outcome["win"] == "swapped 1 -> 2"
+    assert outcome["amount"] == "unchanged" and second.models["amount"] is first.models["amount"]
+    assert outcome["churn"].startswith("kept old (1): RuntimeError")
+    assert second.models["churn"] is first.models["churn"]
+    assert first.models["win"].version == "1"  # the old set is untouched: requests in flight keep it
+    registry.update(churn=("3", "broken"))
+    third, outcome = service.load_model_set(config, previous=None, resolver=resolver)
+    assert "churn" not in third.models and not third.ready(("win", "churn"))
+    assert third.errors["churn"].startswith("RuntimeError")
