@@ -77,6 +77,10 @@ class ForecastParams:
             ``min_same_position`` of them exist.
         min_same_position: See ``monthly_same_position``.
         min_analogs: Quarterly forecasts with fewer whole-quarter analogs add month-shifted ones.
+        renewals_from_subscriptions: Forecast not-yet-created renewal deals from subscription terms
+            predicted to end inside the period (when subscriptions and renewal deals exist).
+        levels: The state-matching hierarchy, most specific first (deal type, as-of stage, deal-age
+            bucket, expected-close-date bucket); the last level (no keys) matches everything.
         min_count: Minimum analog rows for a level of the state-matching hierarchy to be used.
         age_bins_days: Deal-age bucket edges (days since creation).
         close_date_bins_days: Buckets of (as-of expected close date - date), in days.
@@ -99,6 +103,15 @@ class ForecastParams:
     monthly_same_position: bool = True
     min_same_position: int = 3
     min_analogs: int = 3
+    renewals_from_subscriptions: bool = True
+    levels: tuple[tuple[str, ...], ...] = (
+        ("type", "stage", "age_bucket", "close_bucket"),
+        ("type", "stage", "close_bucket"),
+        ("type", "stage"),
+        ("stage", "age_bucket"),
+        ("stage",),
+        (),
+    )
     min_count: int = 30
     age_bins_days: tuple[float, ...] = (0, 14, 30, 60, 90, 180, 365)
     close_date_bins_days: tuple[float, ...] = (0, 30, 90)
@@ -231,7 +244,7 @@ def as_of_view(tables: Tables, as_of: pd.Timestamp) -> Tables:
     if missing:
         raise ValueError(f"opportunities: missing required column(s) {missing}")
     opps = opps.loc[opps["created_at"] <= as_of].copy()
-    for column in ("closed_at", "outcome", "won_amount", "owner_id", "product"):
+    for column in ("closed_at", "outcome", "won_amount", "owner_id", "product", "type"):
         if column not in opps.columns:
             opps[column] = pd.NaT if column == "closed_at" else None
     closed_later = ~(opps["closed_at"] <= as_of)
@@ -333,6 +346,7 @@ def _deal_states(view: Tables, dates: list[pd.Timestamp]) -> pd.DataFrame:
 
 
 def _bucketize(states: pd.DataFrame, params: ForecastParams) -> pd.DataFrame:
+    states["type"] = states["type"].astype(object).where(states["type"].notna(), _UNKNOWN).astype(str)
     age_days = (states["snap"] - states["created_at"]).dt.total_seconds() / 86400.0
     age_edges = [*params.age_bins_days, np.inf]
     states["age_bucket"] = pd.cut(age_days, bins=age_edges, right=False, labels=False).fillna(-1).astype(int)
@@ -343,21 +357,13 @@ def _bucketize(states: pd.DataFrame, params: ForecastParams) -> pd.DataFrame:
     return states
 
 
-_LEVELS: tuple[tuple[str, ...], ...] = (
-    ("stage", "age_bucket", "close_bucket"),
-    ("stage", "age_bucket"),
-    ("stage",),
-    (),
-)
-
-
 def _hierarchical_sums(
     train: pd.DataFrame,
     target: pd.DataFrame,
     value_cols: list[str],
     count_col: str,
     min_count: int,
-    levels: tuple[tuple[str, ...], ...] = _LEVELS,
+    levels: tuple[tuple[str, ...], ...],
 ) -> pd.DataFrame:
     """Sum ``value_cols`` and ``count_col`` over the analog rows matching each target row.
 
@@ -552,10 +558,17 @@ def _not_yet_created(
     won_amount_by_id: pd.Series,
     deal_groups: pd.Series,
     params: ForecastParams,
+    deal_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[pd.Series]]:
-    """Mean, sd and group shares of revenue from deals created after T and won inside each period."""
+    """Mean, sd and group shares of revenue from deals created after T and won inside each period.
+
+    ``deal_mask`` restricts the deals counted (e.g. everything but renewals when those are
+    forecast from subscriptions).
+    """
     opps = view["opportunities"]
     won_amount = opps["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy()
+    if deal_mask is not None:
+        won_amount = np.where(deal_mask, won_amount, 0.0)
     created = opps["created_at"].to_numpy()
     closed = opps["closed_at"].to_numpy()
     groups = deal_groups.to_numpy()
@@ -597,6 +610,127 @@ def _not_yet_created(
         shares.append(
             pd.Series({g: v / total for g, v in by_group.items()}) if total > 0 else pd.Series(dtype=float)
         )
+    return means, sds, shares
+
+
+def _next_anniversaries(subs: pd.DataFrame, date: pd.Timestamp) -> pd.DataFrame:
+    """Per account with renewal-bound subscriptions active at ``date``: next yearly anniversary and MRR.
+
+    The current term's end is not visible before it happens, so the renewal moment is taken as the
+    next yearly anniversary of the earliest active line's start (lines are co-termed to it).
+    Auto-renewing lines (no renewal deal needed) and accounts whose last finished term was shorter
+    than ``_MIN_TERM_DAYS`` (monthly billing) are left out.
+    """
+    known = subs.loc[subs["start_date"] <= date]
+    active = known.loc[~(known["end_date"] <= date)]
+    if "auto_renew" in active.columns:
+        active = active.loc[~(active["auto_renew"] == 1)]
+    if active.empty:
+        return pd.DataFrame(columns=["anniversary", "mrr"])
+    ended = known.loc[known["end_date"] <= date]
+    if len(ended):
+        last_ended = ended.sort_values("end_date").groupby("account_id").tail(1)
+        short = last_ended.loc[
+            (last_ended["end_date"] - last_ended["start_date"]).dt.days < _MIN_TERM_DAYS, "account_id"
+        ]
+        active = active.loc[~active["account_id"].isin(short)]
+    per_account = active.groupby("account_id").agg(start=("start_date", "min"), mrr=("mrr", "sum"))
+    elapsed_years = (date - per_account["start"]).dt.days / 365.25
+    per_account["anniversary"] = per_account["start"] + pd.to_timedelta(
+        (np.floor(elapsed_years) + 1) * 365.25, unit="D"
+    )
+    return per_account[["anniversary", "mrr"]]
+
+
+def _renewal_lead_days(subs: pd.DataFrame, opps: pd.DataFrame, date: pd.Timestamp) -> float | None:
+    """Median days between a renewal deal's creation and the anniversary it renews (deals created <= date)."""
+    renewals = opps.loc[
+        opps["type"].astype(object).eq("renewal") & (opps["created_at"] <= date),
+        ["opportunity_id", "account_id", "created_at"],
+    ]
+    pairs = renewals.merge(subs[["account_id", "start_date", "end_date"]], on="account_id")
+    # Lines active when the deal was created (an end date is visible here only if it is <= date).
+    pairs = pairs.loc[
+        (pairs["start_date"] <= pairs["created_at"]) & ~(pairs["end_date"] <= pairs["created_at"])
+    ]
+    if pairs.empty:
+        return None
+    first = pairs.groupby("opportunity_id").agg(created=("created_at", "first"), start=("start_date", "min"))
+    elapsed_years = (first["created"] - first["start"]).dt.days / 365.25
+    anniversary = first["start"] + pd.to_timedelta((np.floor(elapsed_years) + 1) * 365.25, unit="D")
+    leads = (anniversary - first["created"]).dt.days
+    return float(leads.median()) if len(leads) >= 5 else None
+
+
+def _renewal_exposure(
+    subs: pd.DataFrame, date: pd.Timestamp, hi: pd.Timestamp, lead_days: float
+) -> pd.Series:
+    """MRR by account whose renewal deal is expected to be created in (date, hi): anniversary - lead."""
+    upcoming = _next_anniversaries(subs, date)
+    creation = upcoming["anniversary"] - pd.Timedelta(days=lead_days)
+    inside = (creation > date) & (creation < hi)
+    return upcoming.loc[inside, "mrr"]
+
+
+_MIN_TERM_DAYS = 300
+
+
+def _renewals_not_yet_created(
+    view: Tables,
+    as_of: pd.Timestamp,
+    windows: list[tuple[pd.Timestamp, pd.Timestamp]],
+    analogs: _Analogs,
+    won_amount_by_id: pd.Series,
+    account_groups: pd.Series,
+    params: ForecastParams,
+) -> tuple[np.ndarray, np.ndarray, list[pd.Series]] | None:
+    """Renewal deals not yet created, forecast from subscription terms predicted to end in the period.
+
+    Revenue per unit of MRR whose term is predicted to end inside the window is learned at the analog
+    dates (renewal deals created after the analog date and won inside its window); at T it is
+    applied to the MRR predicted to end inside each period. None when there are no subscriptions,
+    no renewal deals or too little history.
+    """
+    subs = view.get("subscriptions")
+    opps = view["opportunities"]
+    is_renewal = opps["type"].astype(object).eq("renewal").to_numpy()
+    if subs is None or subs.empty or not is_renewal.any() or len(analogs.dates) < 3:
+        return None
+    lead_days = _renewal_lead_days(subs, opps, as_of)
+    if lead_days is None:
+        return None
+    won_amount = opps["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy()
+    won_amount = np.where(is_renewal, won_amount, 0.0)
+    created, closed = opps["created_at"].to_numpy(), opps["closed_at"].to_numpy()
+    n_periods = len(windows)
+    means, sds, shares = np.zeros(n_periods), np.zeros(n_periods), []
+    for k, (_lo, hi) in enumerate(windows):
+        values, exposures = [], []
+        for j, date in enumerate(analogs.dates):
+            w_lo, w_hi = analogs.starts[j][k], analogs.ends[j][k]
+            with np.errstate(invalid="ignore"):
+                mask = (
+                    (created > np.datetime64(date))
+                    & (closed >= np.datetime64(w_lo))
+                    & (closed < np.datetime64(w_hi))
+                )
+            values.append(won_amount[mask].sum())
+            exposures.append(_renewal_exposure(subs, date, w_hi, lead_days).sum())
+        values_arr, exposure_arr = np.array(values), np.array(exposures)
+        if exposure_arr.sum() <= 0:
+            return None
+        ratio = values_arr.sum() / exposure_arr.sum()
+        exposure_now = _renewal_exposure(subs, as_of, hi, lead_days)
+        mean = ratio * float(exposure_now.sum())
+        residual = values_arr - ratio * exposure_arr
+        # Residual spread of the analogs, scaled to the current exposure.
+        scale = float(exposure_now.sum()) / max(float(exposure_arr.mean()), 1e-9)
+        sd = max(float(np.sqrt(np.mean(residual**2))) * scale, params.nyc_min_cv * mean)
+        means[k], sds[k] = mean, sd
+        by_group = exposure_now.groupby(
+            account_groups.reindex(exposure_now.index).fillna(_UNASSIGNED).to_numpy()
+        ).sum()
+        shares.append(by_group / by_group.sum() if by_group.sum() > 0 else pd.Series(dtype=float))
     return means, sds, shares
 
 
@@ -789,9 +923,10 @@ def forecast_revenue(
     current["expected_amount"] = _expected_amounts(current, ratios, overall_ratio, by_product, overall_median)
     rows["expected_amount"] = _expected_amounts(rows, ratios, overall_ratio, by_product, overall_median)
 
-    uncond = _hierarchical_sums(rows, current, won_cols, "one", params.min_count)
-    cond = _hierarchical_sums(rows, current, won_cols, "won_any", params.min_count)
-    closed = _hierarchical_sums(rows, current, ["won_any"], "closed_any", params.min_count)
+    levels = params.levels
+    uncond = _hierarchical_sums(rows, current, won_cols, "one", params.min_count, levels)
+    cond = _hierarchical_sums(rows, current, won_cols, "won_any", params.min_count, levels)
+    closed = _hierarchical_sums(rows, current, ["won_any"], "closed_any", params.min_count, levels)
     with np.errstate(invalid="ignore", divide="ignore"):
         r_hist = uncond[won_cols].to_numpy() / uncond[["one"]].to_numpy()
         q_cond = cond[won_cols].to_numpy() / cond[["won_any"]].to_numpy()
@@ -822,9 +957,42 @@ def forecast_revenue(
     current["group"] = _group_of_owner(view, current["owner_id"], by).to_numpy()
     deal_group_by_id = pd.Series(all_groups_of_deal.to_numpy(), index=opps["opportunity_id"].to_numpy())
 
-    nyc_mean, nyc_sd, nyc_shares = _not_yet_created(
-        view, analogs, n_periods, won_amount_by_id, all_groups_of_deal, params
+    account_owner = (
+        view["accounts"].drop_duplicates("account_id").set_index("account_id")["owner_id"]
+        if "accounts" in view and "owner_id" in view["accounts"].columns
+        else pd.Series(dtype=object)
     )
+    account_groups = (
+        _group_of_owner(view, account_owner, by) if len(account_owner) else pd.Series(dtype=object)
+    )
+    renewals = (
+        _renewals_not_yet_created(view, as_of, windows, analogs, won_amount_by_id, account_groups, params)
+        if params.renewals_from_subscriptions
+        else None
+    )
+    is_renewal = opps["type"].astype(object).eq("renewal").to_numpy()
+    nyc_mean, nyc_sd, nyc_shares = _not_yet_created(
+        view,
+        analogs,
+        n_periods,
+        won_amount_by_id,
+        all_groups_of_deal,
+        params,
+        deal_mask=~is_renewal if renewals is not None else None,
+    )
+    if renewals is not None:
+        notes.append(
+            "not-yet-created renewals forecast from subscription terms predicted to end in the period"
+        )
+        r_mean, r_sd, r_shares = renewals
+        combined = []
+        for k in range(n_periods):
+            total = nyc_mean[k] + r_mean[k]
+            mix = (
+                nyc_shares[k].mul(nyc_mean[k], fill_value=0.0).add(r_shares[k].mul(r_mean[k]), fill_value=0.0)
+            )
+            combined.append(mix / total if total > 0 else mix)
+        nyc_mean, nyc_sd, nyc_shares = nyc_mean + r_mean, np.sqrt(nyc_sd**2 + r_sd**2), combined
 
     # Won to date per group in the current period.
     won_mask = (opps["closed_at"] >= windows[0][0]) & (opps["closed_at"] <= as_of)
@@ -836,7 +1004,7 @@ def forecast_revenue(
 
     # Rate shock.
     if params.rate_shock_sd == "auto":
-        rows_r = _hierarchical_sums(rows, rows, won_cols[:1], "one", params.min_count)
+        rows_r = _hierarchical_sums(rows, rows, won_cols[:1], "one", params.min_count, params.levels)
         r0_rows = np.nan_to_num(rows_r[won_cols[0]].to_numpy() / rows_r["one"].to_numpy())
         won_value = (
             rows["won_0"].to_numpy() * rows["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy()
