@@ -137,6 +137,7 @@ def _track_record_sql(key: str, alias: str) -> str:
     the disjoint (prev_as_of, as_of] intervals), then summed cumulatively per key.
     """
     key_expr = "'__all__'" if key == "__all__" else f"c.{key}"
+    pop_key = "'__all__'" if key == "__all__" else key
     return f"""
 {alias}_bucket AS (
     SELECT {key_expr} AS k, d.as_of,
@@ -148,7 +149,11 @@ def _track_record_sql(key: str, alias: str) -> str:
     GROUP BY 1, 2
 ),
 {alias}_grid AS (
-    SELECT k.k, d.as_of FROM (SELECT DISTINCT k FROM {alias}_bucket) k CROSS JOIN dates d
+    -- Only the (key, as_of) pairs that are looked up or carry closes: the cumulative sum needs
+    -- every bucket, and every looked-up pair gets its running total from the rows before it.
+    SELECT k, as_of FROM {alias}_bucket
+    UNION
+    SELECT {pop_key} AS k, as_of FROM pop WHERE {pop_key} IS NOT NULL
 ),
 {alias} AS (
     SELECT g.k, g.as_of,
