@@ -193,8 +193,13 @@ METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _resample_indices(n_rows: int, groups: Sequence[Any] | None, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Row indices of ``n_boot`` bootstrap samples (whole groups resampled when ``groups`` is given)."""
+def bootstrap_resamples(
+    n_rows: int, groups: Sequence[Any] | None = None, n_boot: int = 500, seed: int = 0
+) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` bootstrap samples; whole groups are resampled when ``groups`` is given.
+
+    Compute once and pass as ``resamples=`` to score several predictions on the same samples.
+    """
     rng = np.random.default_rng(seed)
     if groups is None:
         return [rng.integers(0, n_rows, n_rows) for _ in range(n_boot)]
@@ -204,13 +209,20 @@ def _resample_indices(n_rows: int, groups: Sequence[Any] | None, n_boot: int, se
     import pandas as pd
 
     codes, uniques = pd.factorize(pd.Series(group_array), use_na_sentinel=False)
+    n_groups = len(uniques)
     order = np.argsort(codes, kind="stable")
-    boundaries = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
-    members = [order[boundaries[i] : boundaries[i + 1]] for i in range(len(uniques))]
+    boundaries = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    sizes = np.diff(boundaries)
     samples = []
     for _ in range(n_boot):
-        chosen = rng.integers(0, len(uniques), len(uniques))
-        samples.append(np.concatenate([members[g] for g in chosen]))
+        chosen = rng.integers(0, n_groups, n_groups)
+        lengths = sizes[chosen]
+        ends = np.cumsum(lengths)
+        # position p of group k in the sample maps to order[boundaries[k] + (p - start of k in sample)]
+        offsets = np.repeat(boundaries[chosen] - (ends - lengths), lengths) + np.arange(
+            ends[-1] if n_groups else 0
+        )
+        samples.append(order[offsets])
     return samples
 
 
@@ -223,6 +235,7 @@ def bootstrap_intervals(
     groups: Sequence[Any] | None = None,
     alpha: float = 0.05,
     metrics: Sequence[str] | None = None,
+    resamples: Sequence[np.ndarray] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals of every metric ``metric_fn`` returns.
 
@@ -235,13 +248,17 @@ def bootstrap_intervals(
         groups: Optional cluster id per row (e.g. opportunity_id); whole clusters are resampled.
         alpha: 1 - coverage (0.05 = 95 % intervals).
         metrics: Keep only these metric names (default: all float metrics except counts).
+        resamples: Precomputed indices from ``bootstrap_resamples`` (then ``groups``, ``n_boot`` and
+            ``seed`` are not used).
 
     Returns:
         ``{metric: (lo, hi)}``; NaN bounds when the metric was undefined in most resamples.
     """
     y_arr, p_arr = _as_arrays(y, p)
     values: dict[str, list[float]] = {}
-    for index in _resample_indices(y_arr.size, groups, n_boot, seed):
+    for index in (
+        resamples if resamples is not None else bootstrap_resamples(y_arr.size, groups, n_boot, seed)
+    ):
         for name, value in metric_fn(y_arr[index], p_arr[index]).items():
             if name in ("n", "n_pos") or (metrics is not None and name not in metrics):
                 continue
@@ -249,7 +266,7 @@ def bootstrap_intervals(
     intervals = {}
     for name, series in values.items():
         finite = np.asarray(series)[np.isfinite(series)]
-        if finite.size < 0.5 * n_boot:
+        if finite.size < 0.5 * len(series):
             intervals[name] = (float("nan"), float("nan"))
         else:
             lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
@@ -266,6 +283,7 @@ def paired_bootstrap_delta(
     seed: int = 0,
     groups: Sequence[Any] | None = None,
     alpha: float = 0.05,
+    resamples: Sequence[np.ndarray] | None = None,
 ) -> tuple[float, float, float]:
     """Difference ``metric(model) - metric(other)`` with a paired percentile bootstrap interval.
 
@@ -280,6 +298,7 @@ def paired_bootstrap_delta(
         seed: Random seed.
         groups: Optional cluster id per row; whole clusters are resampled.
         alpha: 1 - coverage.
+        resamples: Precomputed indices from ``bootstrap_resamples``.
 
     Returns:
         ``(delta, lo, hi)``: point difference on all rows and its interval. Whether a positive delta
@@ -292,10 +311,12 @@ def paired_bootstrap_delta(
     _, other_arr = _as_arrays(y, p_other)
     delta = function(y_arr, model_arr) - function(y_arr, other_arr)
     deltas = []
-    for index in _resample_indices(y_arr.size, groups, n_boot, seed):
+    for index in (
+        resamples if resamples is not None else bootstrap_resamples(y_arr.size, groups, n_boot, seed)
+    ):
         deltas.append(function(y_arr[index], model_arr[index]) - function(y_arr[index], other_arr[index]))
     finite = np.asarray(deltas)[np.isfinite(deltas)]
-    if finite.size < 0.5 * n_boot:
+    if finite.size < 0.5 * len(deltas):
         return float(delta), float("nan"), float("nan")
     lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
     return float(delta), float(lo), float(hi)
@@ -483,12 +504,11 @@ def evaluate_model(
     metric_fn = classification_metrics if kind == "classifier" else regression_metrics
     model_metrics = metric_fn(y, prediction)
     baselines = {name: metric_fn(y, values) for name, values in baseline_predictions.items()}
-    intervals = bootstrap_intervals(y, prediction, metric_fn, n_boot=n_boot, seed=seed, groups=groups)
+    resamples = bootstrap_resamples(np.asarray(y).ravel().size, groups, n_boot, seed)
+    intervals = bootstrap_intervals(y, prediction, metric_fn, resamples=resamples)
     paired = {
         name: {
-            metric: paired_bootstrap_delta(
-                y, prediction, values, metric, n_boot=n_boot, seed=seed, groups=groups
-            )
+            metric: paired_bootstrap_delta(y, prediction, values, metric, resamples=resamples)
             for metric in rules.primary_metrics[kind]
         }
         for name, values in baseline_predictions.items()

@@ -11,7 +11,9 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 
 from training.evaluate import (
     VerdictRules,
+    auc_score,
     bootstrap_intervals,
+    bootstrap_resamples,
     classification_metrics,
     evaluate_model,
     expected_calibration_error,
@@ -88,14 +90,30 @@ def test_regression_metrics_known_values():
 
 def test_bootstrap_intervals_cover_point_and_shrink_with_n(scored):
     y, p = scored
-    intervals = bootstrap_intervals(y, p, n_boot=200, seed=1)
+    intervals = bootstrap_intervals(y, p, n_boot=100, seed=1)
     point = classification_metrics(y, p)
     for metric in ("auc", "brier", "ece", "pr_auc"):
         lo, hi = intervals[metric]
         assert lo <= point[metric] <= hi
-    small = bootstrap_intervals(y[:300], p[:300], n_boot=200, seed=1)
+    small = bootstrap_intervals(y[:300], p[:300], n_boot=100, seed=1)
     assert (small["auc"][1] - small["auc"][0]) > (intervals["auc"][1] - intervals["auc"][0])
     assert bootstrap_intervals(y, p, n_boot=50, seed=7) == bootstrap_intervals(y, p, n_boot=50, seed=7)
+
+
+def test_group_resamples_keep_groups_whole():
+    groups = np.array(["a", "b", "b", "c", "c", "c", "d"] * 3)
+    sizes = {"a": 3, "b": 6, "c": 9, "d": 3}
+    for sample in bootstrap_resamples(groups.size, groups, n_boot=30, seed=4):
+        picked = groups[sample]
+        names, counts = np.unique(picked, return_counts=True)
+        for name, count in zip(names, counts, strict=True):
+            assert count % sizes[name] == 0
+        # rows of one group are taken together, i.e. every row of a picked group appears equally often
+        for name in names:
+            rows, row_counts = np.unique(sample[picked == name], return_counts=True)
+            assert rows.size == sizes[name] and np.all(row_counts == row_counts[0])
+    plain = bootstrap_resamples(50, None, n_boot=5, seed=1)
+    assert len(plain) == 5 and all(s.size == 50 and s.max() < 50 for s in plain)
 
 
 def test_group_bootstrap_is_wider_for_duplicated_rows(scored):
@@ -103,8 +121,9 @@ def test_group_bootstrap_is_wider_for_duplicated_rows(scored):
     # Each example repeated 5 times (like weekly snapshots of one deal): row bootstrap is too narrow.
     y5, p5 = np.repeat(y[:600], 5), np.repeat(p[:600], 5)
     groups = np.repeat(np.arange(600), 5)
-    rows = bootstrap_intervals(y5, p5, n_boot=200, seed=2, metrics=["auc"])["auc"]
-    clustered = bootstrap_intervals(y5, p5, n_boot=200, seed=2, groups=groups, metrics=["auc"])["auc"]
+    auc_only = lambda a, b: {"auc": auc_score(a, b)}  # noqa: E731
+    rows = bootstrap_intervals(y5, p5, auc_only, n_boot=200, seed=2)["auc"]
+    clustered = bootstrap_intervals(y5, p5, auc_only, n_boot=200, seed=2, groups=groups)["auc"]
     assert (clustered[1] - clustered[0]) > 1.5 * (rows[1] - rows[0])
 
 
