@@ -40,20 +40,27 @@ q; reply rates and inbound share too), stage speed, the rep's track record, lead
 segment, and the history rows. The rep's first expected close date is an optimistic plan snapped to
 a month or quarter end; each time it passes with the deal still open it slips (60 % to the next
 quarter end), so slow (weak) deals slip more. Amounts are revised at stage changes (up for good
-deals, down for weak ones) and trimmed slightly at the win. Over half of the wins that would land in
-a quarter's last month are pushed to its last days (quarter-end seasonality). Renewal deals are
+deals, down for weak ones) and trimmed slightly at the win. Over half of the negotiation decisions
+(wins and losses alike, so waiting says nothing about the outcome) due in a quarter's last month are
+held until its last days: wins pile up at quarter ends. Renewal deals are
 compressed to close before the term ends.
 
-Customers and churn. An account becomes a customer when its first new deal is won; it picks a term
+Customers and churn. An account becomes a customer when its first new deal is won (60 % of the
+accounts that predate the history are already customers then, with a contract the CRM never saw
+as a deal; their term ends before the history starts were renewals). It picks a term
 (month-to-month, 12 or 24 months; smaller firms prefer monthly) and, for annual terms, auto-renew
 (50 %). Every won new or expansion deal becomes a subscription line (MRR = won amount / 12) that is
 co-termed with the account. The account can only leave at a term end: monthly and auto-renewing
 accounts leave with probability Phi(alpha + beta h) at each term end (alpha lower for auto-renew),
-non-auto-renewing ones leave exactly when their renewal deal is lost. A churned account ends all its
-lines at that date and gets no further deals (deals it would still have closed are dropped).
-`subscription_rows="period"` writes one row per line and billing term (a renewal is a new row
-starting when the previous ends; extra columns `contract_id`, `term_months`), `"contract"` one row
-per line with end_date empty while active.
+non-auto-renewing ones leave exactly when their renewal deal is lost. A leaving customer creates no
+deal after its notice (the lost renewal, or the term end itself), and deals that would close after
+it has left are dropped; all its lines end at the term end.
+`subscription_rows="period"` writes one row per line and billing term, co-termed with the account
+(a renewal is a new row starting when the previous ends; extra columns `contract_id`,
+`term_months`); month-to-month lines are evergreen - one row until cancelled - because a row per
+month would make the contract's churn label ("every subscription active at T ended by T + 90 with
+no restart") look only at the next month end. `"contract"` writes one row per line with end_date
+empty while active. Both shapes give the same churn labels.
 Health shows up before churn: weekly usage (active_users, events, reports_run, seats_used) falls
 with h; tickets arrive faster, more urgent and less often first-contact-resolved when h is low; NPS
 answers (about one a quarter) and post-ticket CSAT scores rise with h; CSM check-ins get fewer
@@ -65,7 +72,10 @@ account's future: `truth_samples` (256) health paths are drawn from the AR(1) st
 churn hazard of every term end in (T, T + 90] is averaged over them; for renewal-deal accounts the
 probability is 1 - P(win from the deal's stage at T | q) (exactly, or averaged over q's noise when
 the deal opens later that day; 0/1 once the deal has closed). `label_churn_90d` is the label realised
-in the simulation (empty when T + 90 is after the export).
+in the simulation (empty when T + 90 is after the export): "the account's subscriptions all end in
+(T, T + 90]". It equals the contract's label computed from the subscriptions table except when an
+expansion line starts after T and before the account leaves (counted as a restart by the contract's
+definition); that happens in well under 1 % of snapshots (checked by the tests).
 
 Leakage traps. Columns filled only at or after an outcome - `opportunities.close_reason`,
 `opportunities.contract_signed_at`, `accounts.status`, `accounts.churned_at` - plus the

@@ -106,9 +106,19 @@ def compress_paths(paths: DealPaths, created: np.ndarray, deadline: np.ndarray) 
 def push_to_quarter_end(
     rng: np.random.Generator, paths: DealPaths, eligible: np.ndarray, calendar: Calendar, share: float
 ) -> None:
-    """Move a share of won deals closing in a quarter's last month to its last days (in place)."""
+    """Hold a share of negotiation decisions due in a quarter's last month until its last days (in place).
+
+    Won and lost deals alike are held, so the time spent in negotiation says nothing about the
+    outcome beyond q (the oracle stays exact); the wins pile up at quarter ends.
+    """
     last_day = calendar.quarter_last_day(paths.close).astype(np.float64)
-    late = eligible & paths.won & (last_day - paths.close < 30.0) & (rng.random(len(paths.close)) < share)
+    decided_in_negotiation = paths.last_stage == N_STAGES - 1
+    late = (
+        eligible
+        & decided_in_negotiation
+        & (last_day - paths.close < 30.0)
+        & (rng.random(len(paths.close)) < share)
+    )
     target = (
         last_day - np.floor(rng.random(len(paths.close)) * 5.0) + 0.4 + 0.35 * rng.random(len(paths.close))
     )
@@ -243,10 +253,17 @@ def build_history(
 
     # Amount: log-revisions accumulate within a deal.
     rows = len(deal)
-    revise = (change == STAGE_CHANGE) & (rng.random(rows) < params.amount_revision_prob)
+    # Revisions at stage changes (scope firms up) and at some slips (a late deal gets discounted).
+    draw = rng.random(rows)
+    revise = ((change == STAGE_CHANGE) & (draw < params.amount_revision_prob)) | (
+        (change == SLIP) & (draw < params.amount_revision_prob / 2)
+    )
+    slip_discount = np.where(change == SLIP, -0.03, 0.0)
     step = np.where(
         revise,
-        params.amount_revision_q * q[deal] + params.amount_revision_sd * rng.standard_normal(rows),
+        slip_discount
+        + params.amount_revision_q * q[deal]
+        + params.amount_revision_sd * rng.standard_normal(rows),
         0.0,
     )
     won_close = (change == CLOSED) & (stage == WON)

@@ -58,7 +58,8 @@ TYPE_BY_STAGE = np.array(
     ]
 )
 PRIORITIES = np.array(["low", "medium", "high", "urgent"], dtype=object)
-CHUNK_DEALS = 100_000
+CHUNK_DEALS = 20_000
+CHUNK_ROWS = 500_000
 
 _FIRST = (
     "Blue",
@@ -799,8 +800,8 @@ class _Simulation:
         """opportunity_history rows (visible ones), chunk by chunk."""
         rows = self.visible_history_rows
         h = self.history
-        for begin in range(0, len(rows), 1_000_000):
-            r = rows[begin : begin + 1_000_000]
+        for begin in range(0, len(rows), CHUNK_ROWS):
+            r = rows[begin : begin + CHUNK_ROWS]
             yield pd.DataFrame(
                 {
                     "opportunity_id": self.deal_ids[h.deal[r]],
@@ -1064,8 +1065,8 @@ class _Simulation:
         # Health plays the role of q for account-level touches; prospects get a neutral -1.
         all_q = np.concatenate([h, np.full(len(p_account), -1.0)])
         order = np.lexsort((all_t, all_account))
-        for begin in range(0, len(order), 1_000_000):
-            rows = order[begin : begin + 1_000_000]
+        for begin in range(0, len(order), CHUNK_ROWS):
+            rows = order[begin : begin + CHUNK_ROWS]
             frame = self._activity_frame(
                 rng,
                 next_id,
@@ -1231,9 +1232,14 @@ class _Simulation:
         mu = self.health_mean[account]
         h0 = self.health[account, month]
         samples = p.truth_samples
-        for begin in range(0, n, 4096):
-            rows = slice(begin, min(begin + 4096, n))
-            m = rows.stop - rows.start
+        # Number of in-window term ends falling in each month offset 0..4 after T.
+        per_offset = np.zeros((n, 5))
+        for j in range(decisions.shape[1]):
+            np.add.at(per_offset, (np.arange(n), offsets[:, j]), in_window[:, j])
+        hazard_rows = np.flatnonzero(by_probit & in_window.any(axis=1))
+        for begin in range(0, len(hazard_rows), 4096):
+            rows = hazard_rows[begin : begin + 4096]
+            m = len(rows)
             paths = np.empty((m, samples, 5))
             paths[:, :, 0] = h0[rows, None]
             noise = rng.standard_normal((m, samples, 4))
@@ -1243,14 +1249,9 @@ class _Simulation:
                     + p.health_phi * (paths[:, :, step - 1] - mu[rows, None])
                     + p.health_innovation_sd * noise[:, :, step - 1]
                 )
-            survive = np.ones((m, samples))
-            for j in range(decisions.shape[1]):
-                h_at = np.take_along_axis(
-                    paths, offsets[rows, j][:, None, None].repeat(samples, axis=1), axis=2
-                )[:, :, 0]
-                hazard = ndtr(alpha[rows, None] + p.churn_beta * h_at)
-                survive *= np.where(in_window[rows, j][:, None], 1.0 - hazard, 1.0)
-            probability[rows] = np.where(by_probit[rows], 1.0 - survive.mean(axis=1), 0.0)
+            hazard = ndtr(alpha[rows, None, None] + p.churn_beta * paths)
+            log_survive = (per_offset[rows, None, :] * np.log1p(-hazard)).sum(axis=2)
+            probability[rows] = 1.0 - np.exp(log_survive).mean(axis=1)
         # Accounts renewing through a renewal deal: at most one term end in the window.
         renewal_rows = np.flatnonzero(~by_probit & in_window.any(axis=1))
         if len(renewal_rows) and self.renewal_raw is not None:
