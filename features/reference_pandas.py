@@ -241,3 +241,234 @@ def reference_opportunity_features(
             out[col] = pd.to_numeric(out[col]).astype("float64")
     out["as_of"] = out["as_of"].astype("datetime64[ns]")
     return out.reset_index(drop=True)
+
+
+def _months_between(start: pd.Series, end: pd.Timestamp) -> pd.Series:
+    """Calendar-month boundaries crossed from start to end (as SQL DATE_DIFF('month', ...))."""
+    return (end.year - start.dt.year) * 12 + (end.month - start.dt.month)
+
+
+def _next_renewals(active: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
+    """First start_date + k * term months after as_of, per active subscription (NaT without a term)."""
+    out = pd.Series(pd.NaT, index=active.index, dtype="datetime64[ns]")
+    months = _months_between(active["start_date"], as_of)
+    for idx, start, term, elapsed in zip(
+        active.index, active["start_date"], active["term"], months, strict=True
+    ):
+        if pd.isna(term):
+            continue
+        k = int(np.floor(elapsed / term))
+        candidate = start + pd.DateOffset(months=int(k * term))
+        if candidate <= as_of:
+            candidate = start + pd.DateOffset(months=int((k + 1) * term))
+        out[idx] = candidate
+    return out
+
+
+def _usage_stats(
+    usage: pd.DataFrame, accounts: pd.Index, as_of: pd.Timestamp, params: FeatureParams
+) -> pd.DataFrame:
+    ap = params.account
+    recent = ap.usage_recent_days
+    trend = recent + ap.usage_previous_days
+    baseline = recent + ap.usage_baseline_days
+    start_recent = as_of - pd.Timedelta(days=recent)
+    start_trend = as_of - pd.Timedelta(days=trend)
+    start_baseline = as_of - pd.Timedelta(days=baseline)
+    window_start = as_of - pd.Timedelta(days=max(trend, baseline))
+    rows = usage[
+        usage["account_id"].isin(accounts) & (usage["date"] <= as_of) & (usage["date"] > window_start)
+    ].copy()
+    rows["x"] = _days(pd.Series(start_trend, index=rows.index), rows["date"])
+    keys = ["account_id", "metric"]
+    grouped = rows.groupby(keys)
+    stats = pd.DataFrame(
+        {
+            "mean_recent": rows["value"]
+            .where(rows["date"] > start_recent)
+            .groupby([rows[k] for k in keys])
+            .mean(),
+            "mean_previous": rows["value"]
+            .where((rows["date"] > start_trend) & (rows["date"] <= start_recent))
+            .groupby([rows[k] for k in keys])
+            .mean(),
+            "mean_baseline": rows["value"]
+            .where((rows["date"] > start_baseline) & (rows["date"] <= start_recent))
+            .groupby([rows[k] for k in keys])
+            .mean(),
+            "days_since": _days(grouped["date"].max(), as_of),
+        }
+    )
+    in_trend = rows[rows["date"] > start_trend].copy()
+    g = in_trend.groupby(keys)
+    in_trend["dx"] = in_trend["x"] - g["x"].transform("mean")
+    in_trend["dy"] = in_trend["value"] - g["value"].transform("mean")
+    in_trend["sxy"] = in_trend["dx"] * in_trend["dy"]
+    in_trend["sxx"] = in_trend["dx"] ** 2
+    sums = in_trend.groupby(keys)[["sxy", "sxx"]].sum()
+    stats["slope"] = (sums["sxy"] / sums["sxx"]).where(sums["sxx"] > 0)
+    stats = stats.reset_index()
+    stats["as_of"] = as_of
+    return stats
+
+
+def reference_account_features(
+    tables: dict[str, pd.DataFrame],
+    as_of: AsOfArg,
+    params: FeatureParams | None = None,
+) -> pd.DataFrame:
+    """Account features computed date by date in pandas (same columns and values as the SQL).
+
+    Args:
+        tables: Canonical tables.
+        as_of: One or many as-of dates.
+        params: Feature parameters; None loads features/params.yaml.
+
+    Returns:
+        The same frame build_account_features returns (up to floating-point summation order).
+    """
+    from features.account import (
+        ACCOUNT_COLUMNS as ACCT_COLUMNS,
+    )
+    from features.account import (
+        DAYS_PER_MONTH,
+        HISTORY_AMOUNT_COLUMNS,
+        OPEN_OPP_COLUMNS,
+        SUBSCRIPTION_COLUMNS,
+        SURVEY_COLUMNS,
+        TICKET_COLUMNS,
+        TOUCH_COLUMNS,
+        _usage_wide,
+        usage_long,
+    )
+
+    params = params or load_params()
+    ap = params.account
+    subs = shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS)
+    tickets = shaped_table(tables, "tickets", TICKET_COLUMNS)
+    surveys = shaped_table(tables, "surveys", SURVEY_COLUMNS)
+    surveys["src_order"] = range(len(surveys))
+    surveys = surveys[surveys["score"].notna()].sort_values(
+        ["account_id", "kind", "responded_at", "src_order"]
+    )
+    surveys["prev_score"] = surveys.groupby(["account_id", "kind"])["score"].shift()
+    touches = shaped_table(tables, "activities", TOUCH_COLUMNS)
+    open_opps = shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS)
+    history = shaped_table(tables, "opportunity_history", HISTORY_AMOUNT_COLUMNS)
+    history["src_order"] = range(len(history))
+    history = history[history["amount"].notna()].sort_values(["opportunity_id", "changed_at", "src_order"])
+    accounts = shaped_table(tables, "accounts", ACCT_COLUMNS)
+    long, metrics = usage_long(tables)
+    frames, usage_frames = [], []
+    for ts in to_timestamps(as_of):
+        active = subs[(subs["start_date"] <= ts) & ~(subs["end_date"] <= ts)].copy()
+        if active.empty:
+            continue
+        ended = subs[(subs["end_date"] <= ts) & (subs["end_date"] > subs["start_date"])]
+        months = _days(ended["start_date"], ended["end_date"]) / DAYS_PER_MONTH
+        inferred = np.floor(months.groupby(ended["account_id"]).mean() + 0.5)
+        term = active["term_months"].fillna(active["account_id"].map(inferred))
+        active["term"] = term.where(term >= 1).round()
+        active["next_renewal"] = _next_renewals(active, ts)
+        by = active.groupby("account_id")
+        out = pd.DataFrame({"acct_mrr": by["mrr"].sum(min_count=1)})
+        out.index.name = "account_id"
+        acct = accounts[accounts["created_at"] <= ts].drop_duplicates("account_id").set_index("account_id")
+        acct = acct.reindex(out.index)
+        out["as_of"] = ts
+        for col in ("industry", "segment", "region"):
+            out[f"acct_{col}"] = acct[col]
+        out["acct_tenure_days"] = _days(acct["created_at"], ts)
+        first = subs[subs["start_date"] <= ts].groupby("account_id")["start_date"].min().reindex(out.index)
+        out["acct_subscription_tenure_days"] = _days(first, ts)
+        out["acct_mrr"] = by["mrr"].sum(min_count=1)
+        for window in ap.mrr_change_windows_days:
+            then = ts - pd.Timedelta(days=window)
+            past = subs[(subs["start_date"] <= then) & ~(subs["end_date"] <= then)]
+            out[f"acct_mrr_change_{window}d"] = out["acct_mrr"] - past.groupby("account_id")[
+                "mrr"
+            ].sum().reindex(out.index).fillna(0)
+        out["acct_active_subscriptions"] = by.size()
+        out["acct_auto_renew_share"] = by["auto_renew"].mean()
+        out["acct_term_months"] = by["term"].max()
+        out["acct_days_to_renewal"] = _days(pd.Series(ts, index=out.index), by["next_renewal"].min())
+        seen = tickets[(tickets["opened_at"] <= ts) & tickets["account_id"].isin(out.index)]
+        tg = seen.groupby("account_id")
+        for window in ap.ticket_windows_days:
+            hit = seen["opened_at"] > ts - pd.Timedelta(days=window)
+            out[f"acct_tickets_{window}d"] = (
+                hit.groupby(seen["account_id"]).sum().reindex(out.index).fillna(0)
+            )
+        still_open = seen["resolved_at"].isna() | (seen["resolved_at"] > ts)
+        out["acct_tickets_open_at_asof"] = (
+            still_open.groupby(seen["account_id"]).sum().reindex(out.index).fillna(0)
+        )
+        resolved = seen[seen["resolved_at"] <= ts]
+        rg = resolved.groupby("account_id")
+        out["acct_ticket_resolution_hours_mean"] = (
+            (_days(resolved["opened_at"], resolved["resolved_at"]) * 24.0)
+            .groupby(resolved["account_id"])
+            .mean()
+        )
+        share_start = ts - pd.Timedelta(days=max(ap.ticket_windows_days))
+        recent = seen[(seen["opened_at"] > share_start) & seen["priority"].notna()]
+        out["acct_tickets_high_priority_share"] = (
+            recent["priority"].isin(ap.high_priorities).astype(float).groupby(recent["account_id"]).mean()
+        )
+        out["acct_ticket_csat_mean"] = rg["csat"].mean()
+        out["acct_ticket_fcr_rate"] = rg["first_contact_resolved"].mean()
+        del tg
+        sv = surveys[(surveys["responded_at"] <= ts) & surveys["account_id"].isin(out.index)]
+        latest = sv.groupby(["account_id", "kind"]).tail(1).set_index(["account_id", "kind"])
+        for kind, name in (
+            ("nps", "acct_nps_latest"),
+            ("csat", "acct_csat_latest"),
+            ("ces", "acct_ces_latest"),
+        ):
+            part = (
+                latest.xs(kind, level="kind")
+                if kind in latest.index.get_level_values("kind")
+                else latest.iloc[:0]
+            )
+            if name == "acct_nps_latest":
+                out["acct_nps_latest"] = part["score"]
+                out["acct_nps_change"] = part["score"] - part["prev_score"]
+                out["acct_days_since_nps"] = _days(part["responded_at"], ts)
+            else:
+                out[name] = part["score"]
+        tc = touches[(touches["occurred_at"] <= ts) & touches["account_id"].isin(out.index)]
+        for window in ap.touch_windows_days:
+            hit = tc["occurred_at"] > ts - pd.Timedelta(days=window)
+            out[f"acct_touches_{window}d"] = hit.groupby(tc["account_id"]).sum().reindex(out.index).fillna(0)
+        out["acct_days_since_touch"] = _days(tc.groupby("account_id")["occurred_at"].max(), ts)
+        ro = open_opps[
+            open_opps["type"].isin(ap.open_opportunity_types)
+            & (open_opps["created_at"] <= ts)
+            & ~(open_opps["closed_at"] <= ts)
+            & open_opps["account_id"].isin(out.index)
+        ]
+        amounts = history[history["changed_at"] <= ts].groupby("opportunity_id")["amount"].last()
+        ro_amount = ro["opportunity_id"].map(amounts)
+        out["acct_open_renewal_opps"] = ro.groupby("account_id").size().reindex(out.index).fillna(0)
+        summed = ro_amount.groupby(ro["account_id"]).sum(min_count=1).reindex(out.index)
+        out["acct_open_renewal_amount"] = summed.where(out["acct_open_renewal_opps"] > 0, 0.0)
+        out["acct_employees"] = acct["employees"]
+        out["acct_annual_revenue"] = acct["annual_revenue"]
+        out["arr"] = 12.0 * out["acct_mrr"]
+        frames.append(out.reset_index())
+        if metrics:
+            usage_frames.append(_usage_stats(long, out.index, ts, params))
+    result = pd.concat(frames, ignore_index=True)
+    if metrics:
+        stats = pd.concat(usage_frames, ignore_index=True)
+        result = result.merge(_usage_wide(stats, metrics, params), on=["account_id", "as_of"], how="left")
+    value = result.pop("arr")
+    result["arr"] = value
+    for col in result.columns:
+        if col in {"account_id", "acct_industry", "acct_segment", "acct_region"}:
+            result[col] = result[col].astype(object).where(result[col].notna(), None)
+        elif col == "as_of":
+            result[col] = result[col].astype("datetime64[ns]")
+        else:
+            result[col] = pd.to_numeric(result[col]).astype("float64")
+    return result.sort_values(["as_of", "account_id"], kind="mergesort").reset_index(drop=True)

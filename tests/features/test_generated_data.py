@@ -76,3 +76,13 @@ def test_generated_training_sets(generated):
     }
     assert not traps & (set(win.columns) | set(churn.columns))
     assert {"acct_usage_seats_used_trend_90d", "acct_usage_reports_run_mean_30d"} <= set(churn.columns)
+
+
+def test_generated_account_sql_matches_pandas_reference(generated):
+    from features.reference_pandas import reference_account_features
+
+    dates = as_of_dates("2024-01-01", "2026-10-01", "MS")[::4]
+    sql = build_account_features(generated, dates)
+    ref = reference_account_features(generated, dates)
+    assert len(sql) > 50
+    pd.testing.assert_frame_equal(sql, ref[list(sql.columns)], check_exact=False, rtol=1e-9, atol=1e-9)

@@ -23,3 +23,15 @@ def test_sql_matches_reference_with_current_state(crm):
     sql = build_opportunity_features(crm, dates, current_state_as_of="2025-12-31")
     ref = reference_opportunity_features(crm, dates, current_state_as_of="2025-12-31")
     pd.testing.assert_frame_equal(sql, ref, check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+def test_sql_matches_pandas_reference_accounts(crm):
+    from features.account import build_account_features
+    from features.reference_pandas import reference_account_features
+
+    dates = as_of_dates("2023-03-01", "2025-12-01", "MS")[::3]
+    sql = build_account_features(crm, dates)
+    ref = reference_account_features(crm, dates)
+    assert len(sql) > 100
+    assert sorted(sql.columns) == sorted(ref.columns)
+    pd.testing.assert_frame_equal(sql, ref[list(sql.columns)], check_exact=False, rtol=1e-9, atol=1e-9)
