@@ -293,7 +293,8 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
         response.delete_cookie(SESSION_COOKIE, path=base_of(request) or "/")
         return response
 
-    async def index(request: Request) -> Response:
+    @protected
+    async def index(request: Request, src: UiSources) -> Response:
         return RedirectResponse(f"{base_of(request)}/accounts", status_code=303)
 
     # ------------------------------------------------------------------ accounts
