@@ -298,3 +298,24 @@ def test_metrics_document_is_contract_shaped_json(scored):
     assert document["baselines"]["base_rate"]["auc"] == pytest.approx(0.5)
     assert document["test_period"] == "2026-Q1"
     json.dumps(document, allow_nan=False)
+
+
+@pytest.mark.parametrize("metric", ["auc", "brier", "log_loss", "mae", "rmse", "wape"])
+def test_weighted_bootstrap_path_equals_scoring_the_resampled_rows(metric):
+    from training.evaluate import METRIC_FUNCTIONS
+
+    rng = np.random.default_rng(8)
+    y = (rng.uniform(size=400) < 0.3).astype(float)
+    if metric in ("mae", "rmse", "wape"):
+        y = rng.lognormal(5, 1, 400)
+    p_model = np.round(rng.uniform(0.01, 0.99, 400), 2)  # rounding creates ties
+    p_other = np.round(rng.uniform(0.01, 0.99, 400), 1)
+    groups = rng.integers(0, 120, 400)
+    resamples = bootstrap_resamples(400, groups, n_boot=40, seed=3)
+    function = METRIC_FUNCTIONS[metric]
+    expected = np.quantile(
+        [function(y[i], p_model[i]) - function(y[i], p_other[i]) for i in resamples], [0.025, 0.975]
+    )
+    delta, lo, hi = paired_bootstrap_delta(y, p_model, p_other, metric, resamples=resamples)
+    assert delta == pytest.approx(function(y, p_model) - function(y, p_other))
+    assert (lo, hi) == pytest.approx(tuple(expected), abs=1e-10)
