@@ -113,7 +113,7 @@ def main() -> None:
     from serving.config import config_from_env
     from serving.requests import prepare_opportunities
     from serving.service import LoadedModel, ModelSet, score_opportunities
-    from tests.serving.conftest import BIN, free_port, start_service, stop, wait_for
+    from tests.serving.conftest import BIN, free_port, start_mlflow_server, start_service, stop, wait_for
     from tests.serving.crm import EXPORT, opportunity_records, write_crm_csv
     from tests.serving.models import register_bundle, train_bundle, training_frames
 
@@ -123,19 +123,11 @@ def main() -> None:
     try:
         print("setting up: CRM, mlflow server, tiny models ...", flush=True)
         tables, _ = load_tables(write_crm_csv(workdir / "crm"))
-        mlflow_port = free_port()
-        mlflow_log = workdir / "mlflow.log"
-        with open(mlflow_log, "wb") as out:
-            mlflow_proc = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-                 "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", str(workdir / "artifacts")],
-                cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        processes.append(mlflow_proc)
-        uri = f"http://127.0.0.1:{mlflow_port}"
+        mlflow_server = start_mlflow_server(workdir)
+        processes.append(mlflow_server.process)
         frames = training_frames(tables)
         bundles = {kind: train_bundle(kind, frames, n_trees=100) for kind in ("win", "amount", "churn")}
-        wait_for(f"{uri}/health", 300, mlflow_proc, mlflow_log)
+        uri = mlflow_server.wait_ready()
         versions = {kind: register_bundle(bundle, kind, uri) for kind, bundle in bundles.items()}
         server = start_service({"MLFLOW_TRACKING_URI": uri}, workdir)
         processes.append(server.process)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -524,6 +525,8 @@ class RevcastService:
                 "(revcast serve generates one when it is missing)"
             )
         _configure_logging()
+        # Download progress bars would flood the service log at every (re)load.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.models: ModelSet = ModelSet()
         self.load_error: str | None = None
         self._reload_lock = threading.Lock()

@@ -71,12 +71,24 @@ def crm_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"dir": directory, "tables": tables}
 
 
-@pytest.fixture(scope="session")
-def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on loopback with a SQLite store and proxied artifacts."""
-    root = tmp_path_factory.mktemp("mlflow")
+@dataclass
+class MlflowServer:
+    """A `mlflow server` process on loopback (started, maybe not ready yet)."""
+
+    uri: str
+    process: subprocess.Popen
+    log: Path
+
+    def wait_ready(self, timeout_s: float = 300) -> str:
+        """Block until /health answers; return the tracking URI."""
+        wait_for(f"{self.uri}/health", timeout_s, self.process, self.log)
+        return self.uri
+
+
+def start_mlflow_server(root: Path) -> MlflowServer:
+    """Start a real `mlflow server` (SQLite store, proxied artifacts under ``root``) without waiting."""
     port = free_port()
-    log = root / "server.log"
+    log = root / "mlflow-server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
@@ -98,12 +110,17 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    uri = f"http://127.0.0.1:{port}"
+    return MlflowServer(uri=f"http://127.0.0.1:{port}", process=process, log=log)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on loopback; it starts while the models are being trained."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
     try:
-        wait_for(f"{uri}/health", 120, process, log)
-        yield uri
+        yield server
     finally:
-        stop(process)
+        stop(server.process)
 
 
 @dataclass
@@ -117,14 +134,15 @@ class Registry:
 
 
 @pytest.fixture(scope="session")
-def registry(mlflow_uri: str, crm_tables: dict) -> Registry:
+def registry(mlflow_server: MlflowServer, crm_tables: dict) -> Registry:
     """win, amount and churn trained on the synthetic CRM and registered as `champion`."""
     from tests.serving.models import register_bundle, train_bundle, training_frames
 
     frames = training_frames(crm_tables["tables"])
     bundles = {kind: train_bundle(kind, frames) for kind in ("win", "amount", "churn")}
-    versions = {kind: register_bundle(bundle, kind, mlflow_uri) for kind, bundle in bundles.items()}
-    return Registry(uri=mlflow_uri, frames=frames, bundles=bundles, versions=versions)
+    uri = mlflow_server.wait_ready()
+    versions = {kind: register_bundle(bundle, kind, uri) for kind, bundle in bundles.items()}
+    return Registry(uri=uri, frames=frames, bundles=bundles, versions=versions)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 
 import httpx
 import pandas as pd
@@ -206,7 +207,7 @@ def test_mixed_batch_scores_the_good_and_rejects_the_bad(client, service) -> Non
     records = [
         good,
         {**good, "opportunity_id": "o-2", "created_at": "31/02/2026"},
-        {**good, "opportunity_id": "o-3"},
+        {**good, "opportunity_id": "o-3", "activities": []},
         "not an object",
         {**good, "opportunity_id": "o-4", "closed_at": "2026-10-01", "outcome": "won"},
         {**good, "opportunity_id": "o-1"},
@@ -232,6 +233,8 @@ def test_churn_rejects_account_without_active_subscription(client, service) -> N
     ended = {
         **good,
         "account_id": "a-10",
+        "tickets": [],
+        "activities": [],
         "subscriptions": [{**good["subscriptions"][0], "subscription_id": "s-9", "end_date": "2026-01-01"}],
     }
     response = _post(
@@ -286,3 +289,29 @@ def test_openapi_page_documents_the_api(client) -> None:
     schemas = spec["components"]["schemas"]
     assert "OpportunityScoreRequest" in schemas and "OpportunityIn" in schemas
     assert client.get("/v1/docs").status_code == 200
+
+
+def test_one_structured_log_line_per_request_without_pii(client, service) -> None:
+    payload = copy.deepcopy(EXAMPLE_OPPORTUNITY_REQUEST)
+    payload["opportunities"][0]["account"]["name"] = "Zyxwv Secret Holdings"
+    payload["opportunities"][0]["contact_email"] = "jane.doe@example.org"
+    response = client.post(
+        "/v1/opportunities/score", json=payload, headers={**service.headers(), "X-Request-ID": "pii-check-1"}
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "pii-check-1"
+    deadline = time.monotonic() + 10
+    lines: list[dict] = []
+    while time.monotonic() < deadline and not lines:
+        text = service.log.read_text(errors="replace")
+        lines = [
+            json.loads(line) for line in text.splitlines() if line.startswith("{") and '"pii-check-1"' in line
+        ]
+        time.sleep(0.2)
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert (
+        line["status"] == 200 and line["n_records"] == 1 and line["n_scored"] == 1 and line["n_rejected"] == 0
+    )
+    assert line["model_version"] and line["latency_ms"] > 0
+    assert "Zyxwv" not in text and "jane.doe" not in text
