@@ -82,6 +82,10 @@ def json_safe(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | pd.Series | pd.Index):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, set | frozenset):
+        return [json_safe(v) for v in sorted(value, key=str)]  # sorted: digests must not vary per process
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     try:

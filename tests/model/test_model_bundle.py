@@ -178,3 +178,27 @@ def test_prepare_features_numeric_dtype_and_order(frame):
     prepared = prepare_features(frame, ["num_noise", "num_signal"], {})
     assert list(prepared.columns) == ["num_noise", "num_signal"]
     assert all(dtype == np.float64 for dtype in prepared.dtypes)
+
+
+def test_json_safe_handles_numpy_pandas_and_missing_values():
+    from serving.bundle import json_safe
+
+    converted = json_safe(
+        {
+            "array": np.array([1.0, np.nan]),
+            "timestamp": pd.Timestamp("2026-01-01"),
+            "integer": np.int64(3),
+            "missing": pd.NaT,
+            "labels": {"b", "a"},
+            "flag": np.bool_(True),
+        }
+    )
+    assert converted == {
+        "array": [1.0, None],
+        "timestamp": "2026-01-01T00:00:00",
+        "integer": 3,
+        "missing": None,
+        "labels": ["a", "b"],
+        "flag": True,
+    }
+    json.dumps(converted, allow_nan=False)
