@@ -131,7 +131,7 @@ class GeneratorParams:
     amount_revision_prob: float = 0.35
     amount_revision_q: float = 0.05
     amount_revision_sd: float = 0.08
-    plan_optimism: float = -0.15  # reps' close-date plans are log-optimistic by this much
+    plan_optimism: float = -0.45  # reps' close-date plans are log-optimistic by this much
     plan_sd: float = 0.3
     slip_to_quarter_end: float = 0.6
     activities_per_week: tuple[float, ...] = (3.5, 2.5, 2.0)
