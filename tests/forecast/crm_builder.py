@@ -69,7 +69,7 @@ def make_crm(
             "created_at": created,
             "owner_id": owner,
             "product": rng.choice(["basic", "pro"], n),
-            "type": "new",
+            "type": rng.choice(["new", "renewal", "expansion"], n, p=[0.7, 0.2, 0.1]),
             "lead_source": "web",
             "amount": amount0.astype(float),
             "expected_close_date": created + pd.Timedelta(days=45),
@@ -111,6 +111,7 @@ def make_crm(
             "start_date": sub_start,
             "mrr": rng.uniform(500, 3000, len(account_ids)).round(2),
             "end_date": pd.Series(sub_end).where(sub_end <= t1, pd.NaT).to_numpy(),
+            "auto_renew": (rng.random(len(account_ids)) < 0.3).astype(float),
         }
     )
     for table in (opportunities, history, reps_table, accounts_table, subscriptions):

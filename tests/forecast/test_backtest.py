@@ -67,7 +67,7 @@ def test_maven_monthly_backtest_reports_baselines():
     from features.importers.maven import import_maven
 
     tables, _report = import_maven(source)
-    document = backtest_forecast(tables, period="month", n_sims=300, min_history_days=150)
+    document = backtest_forecast(tables, period="month", n_sims=200, min_history_days=240)
     assert len(document["periods"]) >= 6
     assert set(document["baselines"]) == BASELINES
     ours = document["wape"]
