@@ -125,7 +125,7 @@ def _plots(result: Any, directory: Path) -> dict[str, Path]:
             directory,
             baseline_predictions=baselines if result.bundle.kind == "classifier" else None,
         )
-    except (ValueError, RuntimeError) as exc:  # a plot must never sink a training run
+    except Exception as exc:  # noqa: BLE001 - a plot must never sink a training run
         typer.secho(f"warning: plots skipped: {exc}", err=True, fg=typer.colors.YELLOW)
         return {}
 

@@ -278,7 +278,7 @@ def lightgbm_params(
     """LightGBM parameters of a model: common defaults + model-specific + (tuned) overrides."""
     config = params["lightgbm"]
     merged = dict(config.get("common", {}))
-    merged.update({k: v for k, v in (config.get(model) or {}).items() if k != "objectives"})
+    merged.update({k: v for k, v in (config.get(model) or {}).items() if k != "candidates"})
     merged["seed"] = int(params.get("seed", 7))
     merged.update(overrides or {})
     return merged
@@ -692,9 +692,10 @@ def churn_oracle(test: pd.DataFrame, truth: Mapping[str, pd.DataFrame] | None) -
         return None
     table = truth["accounts_churn"].copy()
     date_column = next((c for c in ("period_start", "as_of", "month", "date") if c in table.columns), None)
+    candidates = [c for c in table.columns if c not in ("account_id", date_column)]
     prob_column = next(
-        (c for c in table.columns if c not in ("account_id", date_column) and "prob" in c.lower()),
-        None,
+        (c for c in candidates if c.startswith("p_churn")),
+        next((c for c in candidates if "prob" in c.lower()), None),
     )
     if date_column is None or prob_column is None:
         logger.warning("truth/accounts_churn.csv: no date/probability column recognised; no oracle block")
@@ -885,7 +886,7 @@ def train_amount_model(
 
     Trained on snapshots of won deals only (it answers "how much, if won"; expected revenue =
     win probability x expected amount). The LightGBM objective is chosen among the configured
-    candidates (``lightgbm.amount.objectives``; e.g. gamma, tweedie, plain L2) by WAPE on the won
+    candidates (``lightgbm.amount.candidates``: gamma, tweedie, L2, L2 with linear trees) by WAPE on the won
     deals of the calibration slice; the choice and every candidate's WAPE are in the document.
     Evaluated on the won deals of the test slice against the as-of amount and the list price.
 
@@ -937,8 +938,9 @@ def train_amount_model(
 
     candidates: dict[str, dict[str, Any]] = {}
     boosters: dict[str, Any] = {}
-    for objective in params["lightgbm"]["amount"]["objectives"]:
-        lgb_params = lightgbm_params(params, "amount", {"objective": objective})
+    candidate_params = params["lightgbm"]["amount"]["candidates"]
+    for objective, overrides in candidate_params.items():
+        lgb_params = lightgbm_params(params, "amount", overrides)
         booster = fit_booster(
             x_train,
             y_train,
@@ -951,7 +953,7 @@ def train_amount_model(
         boosters[objective] = booster
         candidates[objective] = regression_metrics(y_calibration, booster.predict(x_calibration))
     chosen = min(candidates, key=lambda name: candidates[name]["wape"])
-    lgb_params = lightgbm_params(params, "amount", {"objective": chosen})
+    lgb_params = lightgbm_params(params, "amount", candidate_params[chosen])
     tuning = None
     if tune_trials > 0:
         overrides, tuning = _tuned_overrides(

@@ -14,7 +14,12 @@ SMALL_SEED = 11
 #: Training overrides that keep every pipeline test fast (fewer boosting rounds and resamples).
 FAST_OVERRIDES: dict[str, Any] = {
     "evaluation": {"n_boot": 60},
-    "lightgbm": {"max_boost_rounds": 300, "early_stopping_rounds": 30, "common": {"learning_rate": 0.1}},
+    # one thread: on a shared machine OpenMP spin-waiting makes 2 threads far slower than 1
+    "lightgbm": {
+        "max_boost_rounds": 300,
+        "early_stopping_rounds": 30,
+        "common": {"learning_rate": 0.1, "num_threads": 1},
+    },
     "tuning": {"n_folds": 2},
 }
 
