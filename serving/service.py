@@ -3,7 +3,8 @@
 Run it with ``revcast serve`` (or ``bentoml serve serving.service:RevcastService``). The HTTP API is a
 FastAPI app mounted under ``/v1`` on the BentoML service, so that status codes (401/413/415/422/503),
 per-record rejections and the OpenAPI page (``/v1/docs``, ``/v1/openapi.json``) are exactly as
-documented; BentoML provides ``/livez``, ``/readyz`` (wired to the models being loaded and warmed via
+documented; the managers' web page (serving/ui) is mounted under ``/ui`` and reads ``config``,
+``_forecast_tables`` and ``_forecast_error`` of the running service; BentoML provides ``/livez``, ``/readyz`` (wired to the models being loaded and warmed via
 ``__is_ready__``), ``/metrics`` and the request timeout.
 
 Models are loaded once, in a background thread started at start-up, from the MLflow registry by alias
@@ -60,7 +61,7 @@ from serving.schemas import (
     OpportunityScoreRequest,
     OpportunityScoreResponse,
 )
-from serving.ui import ui_app  # managers' web page, mounted under /ui (owner: serving/ui)
+from serving.ui import ui_app
 
 logger = logging.getLogger("revcast.api")
 
@@ -761,6 +762,26 @@ class RevcastService:
                     "latency_ms": round((time.perf_counter() - started) * 1000, 2),
                 }
             )
+
+    @api.get(
+        "/examples/opportunities/score",
+        response_model=OpportunityScoreRequest,
+        tags=["service"],
+        summary="A valid request body for POST /v1/opportunities/score",
+    )
+    async def example_opportunity_request(self) -> OpportunityScoreRequest:
+        """Also puts the request schema into every OpenAPI document built from the routes."""
+        return OpportunityScoreRequest.model_validate(EXAMPLE_OPPORTUNITY_REQUEST)
+
+    @api.get(
+        "/examples/accounts/churn",
+        response_model=AccountChurnRequest,
+        tags=["service"],
+        summary="A valid request body for POST /v1/accounts/churn",
+    )
+    async def example_churn_request(self) -> AccountChurnRequest:
+        """Also puts the request schema into every OpenAPI document built from the routes."""
+        return AccountChurnRequest.model_validate(EXAMPLE_CHURN_REQUEST)
 
     @api.get("/models", response_model=ModelsResponse, tags=["service"], summary="Models being served")
     async def models_info(self) -> ModelsResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 
 import httpx
@@ -315,3 +316,15 @@ def test_one_structured_log_line_per_request_without_pii(client, service) -> Non
     )
     assert line["model_version"] and line["latency_ms"] > 0
     assert "Zyxwv" not in text and "jane.doe" not in text
+
+
+def test_every_openapi_reference_resolves(client) -> None:
+    for path in ("/v1/openapi.json", "/docs.json"):
+        document = client.get(path).json()
+        refs = set(re.findall(r"#/components/schemas/([A-Za-z0-9_.-]+)", json.dumps(document)))
+        assert refs and refs <= set(document["components"]["schemas"]), (
+            path,
+            refs - set(document["components"]["schemas"]),
+        )
+    example = client.get("/v1/examples/opportunities/score").json()
+    assert example["opportunities"][0]["opportunity_id"] == "o-1"

@@ -23,6 +23,8 @@ def test_no_server_error_whatever_is_sent(service) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
     assert {"POST /opportunities/score", "POST /accounts/churn", "GET /forecast"} <= labels, labels
+    # Reload has no input to fuzz and re-downloads every model; tests/serving/test_reload.py covers it.
+    operations = [op for op in operations if op.label != "POST /admin/reload"]
     checked: list[str] = []
     for operation in operations:
 
