@@ -557,10 +557,8 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
         data = await run_in_threadpool(pipeline_data, src, by, period)
         return page(request, "pipeline.html", nav="pipeline", by=by, period=period, **data)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        src = provider()
-        if not signed_in(request, src):
-            return to_signin(request)
+    @protected
+    async def not_found(request: Request, src: UiSources) -> Response:
         return page(request, "message.html", status=404, nav="", title="Not found", message="No such page.")
 
     routes = [
@@ -575,8 +573,11 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
         Route("/actions.csv", actions_csv, methods=["GET"]),
         Route("/pipeline", pipeline, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
+        # Last: every other path under /ui is ours too (BentoML's mount only forwards paths that match a
+        # route), so unknown pages also send signed-out visitors to sign-in.
+        Route("/{rest:path}", not_found, methods=["GET", "POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    return Starlette(routes=routes)
 
 
 def _is_https(request: Request) -> bool:

@@ -68,7 +68,7 @@ def line_chart(
     return Markup("".join(parts))
 
 
-def range_bars(rows: Sequence[dict], *, title: str, width: int = 640, row_height: int = 38) -> Markup:
+def range_bars(rows: Sequence[dict], *, title: str, width: int = 860, row_height: int = 34) -> Markup:
     """Horizontal P10-P90 bars with the P50 marked and the quota as a tick, one row per group.
 
     Args:

@@ -296,3 +296,11 @@ def test_cross_site_posts_are_refused_and_csv_cells_cannot_be_formulas(app_clien
     assert "'=HYPERLINK(1)" in accounts
     missing = app_client.post("/accounts/nobody/actions", data={"action": "saved"})
     assert missing.status_code == 404
+
+
+def test_every_path_without_a_session_goes_to_sign_in(app_client) -> None:
+    for path in ("/", "/accounts", "/accounts.csv", "/actions.csv", "/accounts/a2", "/pipeline", "/x/y"):
+        response = app_client.get(path, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"].startswith("/signin?next=")
+        assert "a2" not in response.text
+    assert app_client.get("/static/ui.css").status_code == 200  # assets carry no data
