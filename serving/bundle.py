@@ -379,6 +379,11 @@ class ModelBundle:
         return list(self.state["feature_names"])
 
     @property
+    def supports_contributions(self) -> bool:
+        """False for linear-tree models: LightGBM cannot compute TreeSHAP contributions for them."""
+        return "is_linear=1" not in self._model_text
+
+    @property
     def model_text(self) -> str:
         """The LightGBM model text exactly as stored in model.txt."""
         return self._model_text
@@ -414,7 +419,14 @@ class ModelBundle:
         Returns:
             Frame with one column per feature and a last column ``expected_value``; each row sums
             to ``predict_raw`` of that row.
+
+        Raises:
+            ValueError: The model uses linear trees (see ``supports_contributions``).
         """
+        if not self.supports_contributions:
+            raise ValueError(
+                f"{self.model} model uses linear trees; LightGBM cannot compute feature contributions for them"
+            )
         columns = [*self.state["feature_names"], "expected_value"]
         if len(frame) == 0:
             return pd.DataFrame(columns=columns, dtype=float)

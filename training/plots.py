@@ -185,7 +185,8 @@ def evaluation_plots(
 ) -> dict[str, Path]:
     """All standard plots of a model into ``directory``; returns ``{file name: path}`` for MLflow.
 
-    Classifiers get reliability and lift charts; every model gets gain importance and SHAP plots.
+    Classifiers get reliability and lift charts; every model gets gain importance and, unless it
+    uses linear trees, SHAP plots.
     """
     directory = Path(directory)
     predictions = bundle.predict(test_set)
@@ -198,5 +199,6 @@ def evaluation_plots(
         )
         paths.append(lift_chart(labels, predictions, directory / "lift.png"))
     paths.append(feature_importance_plot(bundle, directory / "feature_importance.png"))
-    paths.extend(shap_summary_plots(bundle, test_set, directory))
+    if bundle.supports_contributions:  # linear-tree models have no TreeSHAP
+        paths.extend(shap_summary_plots(bundle, test_set, directory))
     return {path.name: path for path in paths}

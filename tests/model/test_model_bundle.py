@@ -202,3 +202,27 @@ def test_json_safe_handles_numpy_pandas_and_missing_values():
         "flag": True,
     }
     json.dumps(converted, allow_nan=False)
+
+
+def test_linear_tree_model_predicts_but_refuses_contributions_clearly(frame, tmp_path):
+    import lightgbm as lgb
+
+    x = prepare_features(frame, ["num_signal", "num_noise"], {})
+    booster = lgb.train(
+        {"objective": "regression", "linear_tree": True, "verbosity": -1, "num_threads": 1},
+        lgb.Dataset(x, frame["amount"]),
+        num_boost_round=5,
+    )
+    linear = ModelBundle.from_booster(
+        booster,
+        model="amount",
+        kind="regressor",
+        feature_names=["num_signal", "num_noise"],
+        categorical={},
+        calibration=None,
+    )
+    assert not linear.supports_contributions
+    reloaded = ModelBundle.load(linear.save(tmp_path / "linear"))
+    np.testing.assert_allclose(reloaded.predict(frame), booster.predict(x))
+    with pytest.raises(ValueError, match="linear trees"):
+        reloaded.explain(frame.head(2))
