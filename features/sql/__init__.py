@@ -120,7 +120,9 @@ def shaped_table(
 
 def connect() -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB connection (one per build; frames are registered on it)."""
-    return duckdb.connect(database=":memory:")
+    con = duckdb.connect(database=":memory:")
+    con.execute("SET enable_progress_bar = false")  # library code: no terminal output
+    return con
 
 
 def days_between(start: str, end: str) -> str:
