@@ -423,3 +423,58 @@ def cmd_score(
         "as_of": result.as_of.isoformat(),
         "out": str(out),
     }
+
+
+def cmd_evaluate(model: str, alias: str = "challenger") -> dict[str, Any]:
+    """Re-score a registered version on its own stored out-of-time test set; compare with the champion.
+
+    A dry run of ``promote``: nothing moves. Used by the MLproject ``evaluate`` entry point.
+
+    Returns:
+        ``{"model", "alias", "version", "metrics", "comparison"}``.
+    """
+    from serving.registry import ModelNotFoundError, load_version_bundle, model_version_by_alias
+    from training.evaluate import classification_metrics, regression_metrics
+    from training.tracking import _activate, load_test_set, paired_comparison
+
+    _check_model(model)
+    uri = _activate(None)
+    try:
+        version = model_version_by_alias(model, alias, uri)
+    except ModelNotFoundError as exc:
+        raise _error(str(exc)) from exc
+    bundle = load_version_bundle(model, version, uri)
+    test_set, spec = load_test_set(version.run_id, uri)
+    labels = test_set[spec["label_column"]].to_numpy(dtype=float)
+    metric_fn = classification_metrics if bundle.kind == "classifier" else regression_metrics
+    metrics = metric_fn(labels, bundle.predict(test_set))
+    typer.echo(
+        f"revcast-{model} v{version.version} @{alias} on its out-of-time test set ({len(test_set):,} rows):"
+    )
+    typer.echo("  " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    comparison = None
+    try:
+        champion = model_version_by_alias(model, "champion", uri)
+    except ModelNotFoundError:
+        champion = None
+    if champion is not None and str(champion.version) != str(version.version):
+        comparison = paired_comparison(test_set, spec, bundle, load_version_bundle(model, champion, uri))
+        typer.echo(
+            f"  vs champion v{champion.version}: {comparison['metric']} delta {comparison['delta']:+.4f} "
+            f"(95% interval {comparison['lo']:+.4f} to {comparison['hi']:+.4f})"
+        )
+    return {
+        "model": model,
+        "alias": alias,
+        "version": str(version.version),
+        "metrics": metrics,
+        "comparison": comparison,
+    }
+
+
+if __name__ == "__main__":  # `python -m training.cmd_model evaluate MODEL` (MLproject entry point)
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "evaluate":
+        sys.exit("usage: python -m training.cmd_model evaluate win|amount|churn")
+    cmd_evaluate(sys.argv[2])
