@@ -119,7 +119,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "time_split": (0.6, 0.2, 0.2),
     "seed": 7,
     "n_boot": 300,
-    "logreg_Cs": (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+    "logreg_Cs": (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
     # our LightGBM: shallow, regularised trees; rounds from early stopping on inner folds
     "lgbm_params": {
         "objective": "binary",
@@ -140,7 +140,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "force_col_wise": True,
     },
     "max_boost_rounds": 3000,
-    "early_stopping_rounds": 100,
+    "early_stopping_rounds": 50,
     "risk_bands": {"high": 0.25, "medium": 0.1},
     "top_factors": 5,
     "registered_name": "churn-table",  # registry name revcast-churn-table (no clash with revcast-churn)
@@ -1371,7 +1371,9 @@ def train_byo_table(
     for name, reason in schema.refused.items():
         if name not in (id_col, label_col):
             _echo(f"refused {name!r}: {reason}")
-    for line in [*schema.notes, *parsed.warnings]:
+    # parse warnings repeat the schema's "did not parse" notes with file lines: show those only
+    notes = [n for n in schema.notes if "did not parse" not in n] + parsed.warnings
+    for line in notes:
         _echo(f"note: {line}")
     rejected_line = summarise_rejected(parsed.rejected, source)
     if rejected_line:
@@ -1427,7 +1429,7 @@ def train_byo_table(
         time_col=time_col,
         features_used=[{"column": c.name, "feature": c.feature_name, "kind": c.kind} for c in schema.columns],
         features_refused=dict(schema.refused),
-        notes=[*schema.notes, *parsed.warnings],
+        notes=notes,
         rejected_rows=parsed.rejected[:20],
         paired=paired_to_json(evaluation.paired),
         evaluation_details=result.details,
