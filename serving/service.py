@@ -17,6 +17,7 @@ its previous version.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -191,6 +192,14 @@ def _warm_one(kind: str, model: LoadedModel, config: ServiceConfig) -> None:
 # --------------------------------------------------------------------------- scoring (pure)
 
 
+@functools.cache
+def feature_params() -> Any:
+    """features/params.yaml, read once per process (the batch path reads the same file)."""
+    from features.params import load_params
+
+    return load_params()
+
+
 def opportunity_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
     """Features of the accepted deals, computed by the batch path's builder; unscorable deals rejected.
 
@@ -200,7 +209,9 @@ def opportunity_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
 
     if not batch.accepted:
         return pd.DataFrame()
-    features = build_opportunity_features(batch.tables, batch.as_of, current_state_as_of=batch.as_of)
+    features = build_opportunity_features(
+        batch.tables, batch.as_of, feature_params(), current_state_as_of=batch.as_of
+    )
     scored = set(features["opportunity_id"])
     for index, opp_id in list(batch.accepted):
         if opp_id not in scored:
@@ -214,7 +225,7 @@ def account_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
 
     if not batch.accepted:
         return pd.DataFrame()
-    features = build_account_features(batch.tables, batch.as_of)
+    features = build_account_features(batch.tables, batch.as_of, feature_params())
     scored = set(features["account_id"])
     for index, account_id in list(batch.accepted):
         if account_id not in scored:

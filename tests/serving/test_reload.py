@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,3 +88,49 @@ def test_reload_keeps_the_old_model_when_the_new_one_fails(service, registry) ->
         mlflow_client(registry.uri).set_registered_model_alias(
             registered_name("churn"), "champion", old_version
         )
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The BentoML worker processes under the `bentoml serve` process this test session started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [parent]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            todo.append(child)
+            try:
+                cmdline = (Path("/proc") / str(child) / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"_bentoml_impl.worker.service" in cmdline:
+                found.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker process")
+def test_sighup_reloads_the_models(service) -> None:
+    workers = _worker_pids(service.process.pid)
+    assert workers, "no BentoML worker process found under the service"
+    before = service.log.read_text(errors="replace").count('"event":"models_reloaded"')
+    for pid in workers:
+        os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        text = service.log.read_text(errors="replace")
+        if text.count('"event":"models_reloaded"') > before:
+            break
+        time.sleep(0.5)
+    lines = [
+        json.loads(line) for line in text.splitlines() if line.startswith('{"') and "models_reloaded" in line
+    ]
+    assert len(lines) > before, "SIGHUP did not trigger a reload"
+    assert lines[-1]["outcome"]["win"] == "unchanged"
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        assert http.get("/readyz").status_code == 200
