@@ -48,14 +48,17 @@ def cmd_serve(host: str, port: int) -> None:
     if not 0 < port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
     env = dict(os.environ)
-    if not env.get("REVCAST_API_TOKEN"):
+    generated_token = not env.get("REVCAST_API_TOKEN")
+    if generated_token:
         env["REVCAST_API_TOKEN"] = secrets.token_urlsafe(24)
+    # The service and the CLI must look at the same registry: pin the URI the CLI would use.
+    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    config = config_from_env(env)
+    if generated_token:
         typer.echo(
             f"REVCAST_API_TOKEN was not set; this run's token is: {env['REVCAST_API_TOKEN']}", err=True
         )
-    # The service and the CLI must look at the same registry: pin the URI the CLI would use.
-    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
-    config = config_from_env(env)
     typer.echo(
         f"serving {config.model_alias} models from {env['MLFLOW_TRACKING_URI']} on http://{host}:{port} "
         f"(API docs: /v1/docs, health: /livez /readyz)",
