@@ -105,17 +105,25 @@ def shaped_table(
             values = pd.to_datetime(values, utc=True).dt.tz_localize(None).astype("datetime64[ns]")
         elif kind == "num":
             values = pd.to_numeric(values, errors="raise").astype("float64")
-        elif kind == "lstr":
-            values = values.astype(object).where(values.notna(), None)
-            values = values.map(lambda v: v if v is None else str(v).strip().lower())
         else:
-            values = values.astype(object).where(values.notna(), None)
-            values = values.map(lambda v: v if v is None else str(v))
+            values = _as_text(values, lower=kind == "lstr")
         out[col] = values
     for col in extra:
         if col in source.columns and col not in out.columns:
             out[col] = source[col]
     return out.reset_index(drop=True)
+
+
+def _as_text(values: pd.Series, lower: bool) -> pd.Series:
+    """str/None values (vectorised: canonical tables already hold str, so this is mostly a pass)."""
+    text = values.astype(object)
+    if pd.api.types.infer_dtype(text, skipna=True) not in ("string", "empty"):
+        text = text.map(lambda v: None if pd.isna(v) else str(v))
+    if lower:
+        text = text.str.strip().str.lower()
+    if text.isna().any():
+        text = text.where(text.notna(), None)
+    return text
 
 
 def connect() -> duckdb.DuckDBPyConnection:
