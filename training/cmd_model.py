@@ -337,6 +337,22 @@ def _resolve(model: str, alias: str, required: bool) -> tuple[Any, dict[str, Any
     try:
         return resolve_bundle(model, alias)
     except ModelNotFoundError as exc:
+        if alias == "champion":
+            # No champion yet (e.g. nothing was 'ready'): score with the challenger, and say so
+            # loudly -- the same rule as the bring-your-own table path.
+            try:
+                bundle, info = resolve_bundle(model, "challenger")
+            except ModelNotFoundError:
+                pass
+            else:
+                typer.secho(
+                    f"warning: no {model} champion yet; scoring with the challenger v{info['version']} "
+                    f"(not promoted; see `revcast promote {model}`)",
+                    err=True,
+                    fg=typer.colors.YELLOW,
+                )
+                info["alias"] = "challenger (no champion)"
+                return bundle, info
         if required:
             raise _error(str(exc)) from exc
         return None, None
