@@ -734,7 +734,9 @@ def apply_schema(
     for spec in schema.columns:
         series = normalise_missing(raw[spec.name])
         values = _feature_values(series, spec, row_time)
-        became_missing = values.isna() & series.notna()
+        parsed_values = _parse_dates(series) if spec.kind == "date" else values
+        # a date that parses but sits on a row with a bad time is reported once, as a rejected row
+        became_missing = parsed_values.isna() & series.notna()
         if spec.kind == "categorical":
             unseen = values.notna() & ~values.isin(spec.categories or [])
             if unseen.any():
