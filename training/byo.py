@@ -862,7 +862,8 @@ class CalibratedLgbm:
                 "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
                 "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30.0, log=True),
             }
-            candidate["max_depth"] = -1
+            if trial.number != 0:  # trial 0 is the configured default, depth limit included
+                candidate["max_depth"] = -1
             oof, _ = self._inner_cv(X, y, candidate)
             return float(log_loss(y, np.clip(oof, 1e-6, 1 - 1e-6)))
 
