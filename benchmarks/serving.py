@@ -113,7 +113,7 @@ def main() -> None:
     from serving.config import config_from_env
     from serving.requests import prepare_opportunities
     from serving.service import LoadedModel, ModelSet, score_opportunities
-    from tests.serving.conftest import BIN, free_port, start_mlflow_server, start_service, stop, wait_for
+    from tests.serving.conftest import start_mlflow_server, start_service, stop
     from tests.serving.crm import EXPORT, opportunity_records, write_crm_csv
     from tests.serving.models import register_bundle, train_bundle, training_frames
 
@@ -167,6 +167,7 @@ def main() -> None:
                 "bundle_predict": bundle_predict,
                 "in_process_request_path": pipeline,
             }
+            print(json.dumps({"floor_rows": n, **results[f"floor_{n}"]}), flush=True)
 
         print("revcast service ...", flush=True)
         for n in (1, 100):
@@ -185,37 +186,13 @@ def main() -> None:
                 print(json.dumps(cell), flush=True)
 
         if not args.skip_mlflow_serve:
-            print("mlflow models serve ...", flush=True)
-            port = free_port()
-            log = workdir / "mlflow-serve.log"
-            with open(log, "wb") as out:
-                serve_proc = subprocess.Popen(
-                    [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/revcast-win/{versions['win']}",
-                     "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                    cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
-            processes.append(serve_proc)
-            wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
-            bodies = {
-                n: {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
-                for n, frame in feature_rows.items()
-            }
-            for n in (1, 100):
-                for concurrency in concurrencies:
-                    cell = load(
-                        lambda client, n=n: client.post("/invocations", json=bodies[n]),
-                        f"http://127.0.0.1:{port}", concurrency,
-                        args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
-                    )  # fmt: skip
-                    cell.update(
-                        server="mlflow",
-                        records_per_request=n,
-                        concurrency=concurrency,
-                        records_per_s=cell["rps"] * n,
-                    )
-                    results["cells"].append(cell)
-                    print(json.dumps(cell), flush=True)
+            try:
+                mlflow_cells(
+                    args, versions["win"], uri, feature_rows, concurrencies, workdir, processes, results
+                )
+            except Exception as exc:  # still report what was measured
+                results["mlflow_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                print(f"mlflow models serve failed: {results['mlflow_error']}", flush=True)
     finally:
         for process in reversed(processes):
             stop(process)
@@ -223,6 +200,50 @@ def main() -> None:
     print_report(results)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
+
+
+def mlflow_cells(
+    args: argparse.Namespace,
+    version: str,
+    uri: str,
+    feature_rows: dict[int, pd.DataFrame],
+    concurrencies: list[int],
+    workdir: Path,
+    processes: list[subprocess.Popen],
+    results: dict[str, Any],
+) -> None:
+    """Measure `mlflow models serve --env-manager local` on the same model and the same records' features."""
+    from tests.serving.conftest import BIN, free_port, wait_for
+
+    print("mlflow models serve ...", flush=True)
+    port = free_port()
+    log = workdir / "mlflow-serve.log"
+    # mlflow execs `uvicorn` by name: the venv's bin directory must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log, "wb") as out:
+        serve_proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/revcast-win/{version}",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    processes.append(serve_proc)
+    wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
+    bodies = {
+        n: {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+        for n, frame in feature_rows.items()
+    }
+    for n in (1, 100):
+        for concurrency in concurrencies:
+            cell = load(
+                lambda client, n=n: client.post("/invocations", json=bodies[n]),
+                f"http://127.0.0.1:{port}", concurrency,
+                args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
+            )  # fmt: skip
+            cell.update(
+                server="mlflow", records_per_request=n, concurrency=concurrency, records_per_s=cell["rps"] * n
+            )
+            results["cells"].append(cell)
+            print(json.dumps(cell), flush=True)
 
 
 def print_report(results: dict[str, Any]) -> None:
