@@ -60,9 +60,12 @@ def line_chart(
                 f"{float(v) * 100:.1f}%</title></circle>"
             )
         step = max(1, n // 6)
-        for i in range(0, n, step):
+        shown = sorted(set(range(0, n, step)) | {n - 1})
+        for i in shown:
+            # End labels are anchored inwards so they are not clipped at the chart's edges.
+            anchor = "start" if i == 0 and n > 1 else "end" if i == n - 1 and n > 1 else "middle"
             parts.append(
-                f'<text class="axis" x="{xs[i]:.1f}" y="{height - 10}" text-anchor="middle">{escape(labels[i])}</text>'
+                f'<text class="axis" x="{xs[i]:.1f}" y="{height - 10}" text-anchor="{anchor}">{escape(labels[i])}</text>'
             )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -37,9 +37,10 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
-#: Scoring dates: the export date of the CRM is 2025-12-29; drops compare with the run >= 7 days older.
+#: Scoring dates: the export is 2025-12-29 08:30; score drops compare with the latest run >= 7 days
+#: older (2025-12-01), not with the run just before (2025-12-24).
 ACCOUNT_DATES = ("2025-12-01", None)
-DEAL_DATES = ("2025-12-01", "2025-12-20", None)
+DEAL_DATES = ("2025-12-01", "2025-12-24", None)
 
 
 @dataclass

@@ -166,6 +166,7 @@ def test_sign_in_at_risk_table_filter_account_page_and_action(
         with page.expect_navigation():
             page.get_by_role("button", name="Record action").click()
         page.reload()
+        page.screenshot(path=str(artifacts / "account-after-action-laptop.png"), full_page=True)
         assert note in page.locator("#action-list").inner_text()
         assert "saved" in page.locator("#action-list").inner_text()
         page.goto(f"{ui_service.url}/ui/accounts?band={band}")
@@ -209,7 +210,7 @@ def test_forecast_view_shows_a_number_for_every_team(ui_service: UiService, brow
         assert page.locator("svg.chart rect.range").count() == len(teams)
         assert page.locator("#grades tbody tr").count() == 4
         assert int(page.locator("#grades tbody tr").nth(0).locator("td").first.inner_text()) >= 0
-        assert "2025-12-20" in page.locator("text=Since the scoring as of").inner_text()
+        assert "2025-12-01" in page.locator("text=Since the scoring as of").inner_text()
         for name, (width, height) in WIDTHS.items():
             page.set_viewport_size({"width": width, "height": height})
             page.screenshot(path=str(artifacts / f"pipeline-{name}.png"), full_page=True)
