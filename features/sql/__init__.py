@@ -7,6 +7,7 @@ functions, FILTER-free CASE aggregates, max_by/min_by) so that the same text cou
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -129,7 +130,10 @@ def _as_text(values: pd.Series, lower: bool) -> pd.Series:
 def connect() -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB connection (one per build; frames are registered on it)."""
     con = duckdb.connect(database=":memory:")
-    con.execute("SET enable_progress_bar = false")  # library code: no terminal output
+    # Inside Jupyter without ipywidgets DuckDB refuses to touch the progress-bar setting at all (and
+    # draws no bar there either); the setting is cosmetic, so a refusal is not an error.
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar = false")  # library code: no terminal output
     return con
 
 
