@@ -31,6 +31,7 @@ what was measured.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class OutOfTimeSplit:
     test_end: pd.Timestamp
     export_at: pd.Timestamp
     label_gap_days: int
+    label_gap_days_configured: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (ISO dates) for the metrics document."""
@@ -117,6 +119,7 @@ class OutOfTimeSplit:
             "test_end": self.test_end.date().isoformat(),
             "export_at": self.export_at.isoformat(),
             "label_gap_days": self.label_gap_days,
+            "label_gap_days_configured": self.label_gap_days_configured or self.label_gap_days,
             "rule": (
                 "train rows need as_of <= calibration_start - gap and a label decided before "
                 "calibration_start; calibration rows likewise before test_start; test rows need a "
@@ -197,6 +200,48 @@ def plan_split(
             "more history is needed"
         )
     return split
+
+
+def plan_split_for_history(
+    as_of_dates: Sequence[pd.Timestamp],
+    *,
+    export_at: pd.Timestamp,
+    label_gap_days: int,
+    train_fraction: float = 0.6,
+    calibration_fraction: float = 0.2,
+    min_gap_days: int = 7,
+) -> OutOfTimeSplit:
+    """``plan_split`` that shrinks the as-of gap when the history is too short for the configured one.
+
+    The guarantee that matters -- no row's label is decided after the next slice starts -- is
+    enforced row by row in ``assign_slices`` whatever the gap; the as-of gap only keeps rows near a
+    boundary from being just the fast-closing deals. So on a short history (e.g. the 15-month Maven
+    export) the gap is reduced step by step (x0.75) until three slices fit; the split then records
+    ``label_gap_days_configured`` next to the gap used.
+
+    Raises:
+        ValueError: Not even ``min_gap_days`` leaves three usable slices.
+    """
+    gap = int(label_gap_days)
+    first_error: ValueError | None = None
+    while True:
+        try:
+            split = plan_split(
+                as_of_dates,
+                export_at=export_at,
+                label_gap_days=gap,
+                train_fraction=train_fraction,
+                calibration_fraction=calibration_fraction,
+            )
+        except ValueError as exc:
+            first_error = first_error or exc
+            if gap <= min_gap_days or "fractions" in str(exc):
+                raise first_error from exc
+            gap = max(min_gap_days, int(gap * 0.75))
+            continue
+        if gap != int(label_gap_days):
+            logger.warning("history too short for a %s-day label gap; using %s days", label_gap_days, gap)
+        return dataclasses.replace(split, label_gap_days_configured=int(label_gap_days))
 
 
 def assign_slices(as_of: pd.Series, label_decided_at: pd.Series, split: OutOfTimeSplit) -> pd.Series:
@@ -423,6 +468,7 @@ def _tuned_overrides(
     params: Mapping[str, Any],
     tune_trials: int,
     tune_context: Mapping[str, Any] | None,
+    label_gap_days: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Optuna-tuned LightGBM overrides (time-ordered folds inside the training slice), or none."""
     if tune_trials <= 0:
@@ -437,7 +483,7 @@ def _tuned_overrides(
         params=params,
         n_trials=tune_trials,
         model=model,
-        label_gap_days=int(params["split"]["label_gap_days"][model]),
+        label_gap_days=label_gap_days,
         **dict(tune_context or {}),
     )
     return dict(study_summary["best_params"]), study_summary
@@ -471,7 +517,7 @@ def _classifier_pipeline(
     from training.evaluate import evaluate_model, metrics_document, paired_to_json
 
     gap = int(params["split"]["label_gap_days"][model])
-    split = plan_split(
+    split = plan_split_for_history(
         frame["as_of"].unique(),
         export_at=export_at,
         label_gap_days=gap,
@@ -502,7 +548,15 @@ def _classifier_pipeline(
 
     lgb_params = lightgbm_params(params, model)
     overrides, tuning = _tuned_overrides(
-        model, x_train, y_train, train["as_of"], lgb_params, params, tune_trials, tune_context
+        model,
+        x_train,
+        y_train,
+        train["as_of"],
+        lgb_params,
+        params,
+        tune_trials,
+        tune_context,
+        split.label_gap_days,
     )
     lgb_params.update(overrides)
     booster = fit_booster(
@@ -580,7 +634,7 @@ def _classifier_pipeline(
     document["reasons"] = list(evaluation.reasons)
     log_params = {
         **{f"lgb.{k}": v for k, v in lgb_params.items()},
-        "split.label_gap_days": gap,
+        "split.label_gap_days": split.label_gap_days,
         "split.train_fraction": params["split"]["train_fraction"],
         "split.calibration_fraction": params["split"]["calibration_fraction"],
         "snapshots.freq": params["snapshots"][model]["freq"],
@@ -912,7 +966,7 @@ def train_amount_model(
         raise ValueError("amount: no won deals with a positive won_amount to learn from")
     decided_at = _label_decided_at_deals(won, tables)
     gap = int(params["split"]["label_gap_days"]["amount"])
-    split = plan_split(
+    split = plan_split_for_history(
         won["as_of"].unique(),
         export_at=export_at,
         label_gap_days=gap,
@@ -957,7 +1011,15 @@ def train_amount_model(
     tuning = None
     if tune_trials > 0:
         overrides, tuning = _tuned_overrides(
-            "amount", x_train, y_train, train["as_of"], lgb_params, params, tune_trials, tune_context
+            "amount",
+            x_train,
+            y_train,
+            train["as_of"],
+            lgb_params,
+            params,
+            tune_trials,
+            tune_context,
+            split.label_gap_days,
         )
         lgb_params.update(overrides)
         boosters[chosen] = fit_booster(
@@ -1031,7 +1093,7 @@ def train_amount_model(
     document["reasons"] = list(evaluation.reasons)
     log_params = {
         **{f"lgb.{k}": v for k, v in lgb_params.items()},
-        "split.label_gap_days": gap,
+        "split.label_gap_days": split.label_gap_days,
         "split.train_fraction": params["split"]["train_fraction"],
         "split.calibration_fraction": params["split"]["calibration_fraction"],
         "snapshots.freq": params["snapshots"]["amount"]["freq"],

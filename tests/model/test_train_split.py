@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.train import assign_slices, load_training_params, plan_split
+from training.train import assign_slices, load_training_params, plan_split, plan_split_for_history
 from training.tune import time_ordered_folds
 
 WEEKS = pd.date_range("2023-01-02", periods=120, freq="W-MON")
@@ -100,3 +100,14 @@ def test_config_holds_the_documented_knobs() -> None:
     assert params["snapshots"]["win"]["freq"] == "W-MON" and params["snapshots"]["churn"]["freq"] == "MS"
     assert set(params["scoring"]["grades"]) == {"A", "B", "C"}
     assert params["split"]["label_gap_days"]["churn"] >= 120
+
+
+def test_short_history_shrinks_the_gap_and_records_it() -> None:
+    short = WEEKS[:40]  # ~9 months: a 90-day gap leaves no calibration rows
+    export = short[-1] + pd.Timedelta(days=3)
+    with pytest.raises(ValueError, match="more history is needed"):
+        plan_split(short, export_at=export, label_gap_days=90)
+    split = plan_split_for_history(short, export_at=export, label_gap_days=90)
+    assert 7 <= split.label_gap_days < 90
+    assert split.to_dict()["label_gap_days_configured"] == 90
+    assert split.calibration_start - pd.Timedelta(days=split.label_gap_days) >= split.train_start
