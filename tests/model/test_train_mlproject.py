@@ -26,8 +26,10 @@ def test_mlflow_run_generate_writes_a_dataset(tmp_path: Path) -> None:
     mlflow_cli = VENV_BIN / "mlflow"
     assert mlflow_cli.exists(), f"mlflow CLI not found next to {sys.executable}"
     out = tmp_path / "data"
+    # other tests' MLflow state (e.g. MLFLOW_EXPERIMENT_ID set by mlflow.set_experiment) must not leak in
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }

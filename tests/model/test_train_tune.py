@@ -45,6 +45,7 @@ def test_study_is_persisted_resumed_and_logged_as_nested_runs(
     base = lightgbm_params(params, "win")
     storage = tmp_path / "optuna.db"
     experiment = mlflow.set_experiment("tune-test")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; keep it local
     with mlflow.start_run(run_name="parent") as parent:
         first = tune_lightgbm(
             x,
