@@ -147,7 +147,14 @@ def tune_lightgbm(
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
     remaining = max(0, int(n_trials) - len(finished))
-    dataset = lgb.Dataset(x_train, label=np.asarray(y_train, dtype=float), free_raw_data=False)
+    # One Dataset serves every trial; feature_pre_filter=False lets trials lower min_child_samples
+    # below the value the Dataset was first binned with (LightGBM refuses otherwise).
+    dataset = lgb.Dataset(
+        x_train,
+        label=np.asarray(y_train, dtype=float),
+        free_raw_data=False,
+        params={"feature_pre_filter": False},
+    )
     max_rounds = int(params["lightgbm"]["max_boost_rounds"])
     early_stopping = int(params["lightgbm"]["early_stopping_rounds"])
 
@@ -187,6 +194,7 @@ def tune_lightgbm(
         "n_trials": len(study.trials),
         "n_trials_run_now": remaining,
         "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "n_failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials),
         "study_name": study_name,
         "storage": str(storage_path),
         "best_num_boost_round": int(best.user_attrs.get("num_boost_round", 0)),

@@ -62,6 +62,7 @@ def test_study_is_persisted_resumed_and_logged_as_nested_runs(
     assert first["n_trials"] == 3 and first["n_trials_run_now"] == 3
     assert set(first["best_params"]) == set(params["tuning"]["search_space"])
     assert first["best_value"] < 0.69  # log loss below the coin-flip value: the signal was found
+    assert first["n_failed"] == 0
     # same model + data fingerprint -> same study, only the missing trial runs
     second = tune_lightgbm(
         x,
