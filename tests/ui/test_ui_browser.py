@@ -129,6 +129,10 @@ def test_sign_in_at_risk_table_filter_account_page_and_action(
             page.set_viewport_size({"width": width, "height": height})
             page.screenshot(path=str(artifacts / f"accounts-{name}.png"), full_page=False)
             assert _no_horizontal_page_scroll(page), f"the at-risk page scrolls sideways at {width}px"
+            # The whole table, drivers included, fits without scrolling inside its frame either.
+            assert page.evaluate(
+                "(() => { const w = document.querySelector('.table-wrap'); return w.scrollWidth <= w.clientWidth + 1; })()"
+            ), f"the at-risk table needs sideways scrolling at {width}px"
         page.set_viewport_size({"width": 1366, "height": 900})
 
         # Filter by band (the select applies on change).
