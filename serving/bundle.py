@@ -23,6 +23,19 @@ Calibration JSON format (produced by ``training.calibrate``, applied here by ``a
   uncalibrated probability; ``x`` strictly increasing thresholds, ``y`` non-decreasing values in [0, 1];
   outside ``[x[0], x[-1]]`` the end values are used (clipping).
 - ``{"method": "platt", "a": float, "b": float}``: ``sigmoid(a * logit(p) + b)``.
+
+Target transform JSON (state key ``target``, regressors only; produced by ``training.train``, applied
+here by ``apply_target_transform``) -- the single place where it is documented:
+
+- key absent or ``None``: the booster predicts the value itself (bundles written before the key existed).
+- ``{"kind": "ratio_to_feature", "feature": "<feature column>", "fallback": {"kind": "constant",
+  "value": float}}``: the booster predicts the ratio ``value / frame[feature]`` (e.g. won amount /
+  as-of amount ``opp_amount``); ``predict`` returns ``booster output * frame[feature]``. Rows whose
+  feature value is missing, not finite or ``<= 0`` (no ratio can be formed) get ``fallback.value``
+  instead (the training code stores the median training label). The feature must be one of the
+  model's ``feature_names``. ``predict_raw``, ``predict_uncalibrated``, ``contributions`` and
+  ``explain`` stay in the transformed space: their numbers are ratios (contributions sum to the
+  predicted ratio, not to the predicted value) -- the optional ``"explain_space"`` text says so.
 """
 
 from __future__ import annotations
@@ -138,6 +151,81 @@ def apply_calibration(calibration: Mapping[str, Any] | None, scores: np.ndarray)
     raise ValueError(f"unknown calibration method {method!r}; expected 'isotonic' or 'platt'")
 
 
+TARGET_RATIO_TO_FEATURE = "ratio_to_feature"
+
+
+def validate_target_transform(target: Mapping[str, Any] | None, feature_names: Sequence[str]) -> None:
+    """Check a target transform JSON object (format in the module docstring).
+
+    Args:
+        target: The ``target`` state value, or ``None`` (no transform).
+        feature_names: The model's feature columns.
+
+    Raises:
+        ValueError: Unknown kind, a ratio feature that is not a model feature, or a fallback that is
+            not ``{"kind": "constant", "value": <finite number>}``.
+    """
+    if target is None:
+        return
+    kind = target.get("kind")
+    if kind != TARGET_RATIO_TO_FEATURE:
+        raise ValueError(f"unknown target transform kind {kind!r}; expected {TARGET_RATIO_TO_FEATURE!r}")
+    feature = target.get("feature")
+    if feature not in feature_names:
+        raise ValueError(f"target transform feature {feature!r} is not among the model's feature_names")
+    fallback = target.get("fallback")
+    value = fallback.get("value") if isinstance(fallback, Mapping) else None
+    if (
+        not isinstance(fallback, Mapping)
+        or fallback.get("kind") != "constant"
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+    ):
+        raise ValueError(
+            f"target transform fallback must be {{'kind': 'constant', 'value': <finite number>}}, got {fallback!r}"
+        )
+
+
+def ratio_denominator(frame: pd.DataFrame, feature: str) -> np.ndarray:
+    """The ratio base of each row: ``frame[feature]`` as float, NaN where missing, not finite or <= 0.
+
+    Training divides the label by it and ``apply_target_transform`` multiplies by it, so both use
+    exactly this rule for which rows can form a ratio.
+
+    Raises:
+        ValueError: ``feature`` is not a column of ``frame``.
+    """
+    if feature not in frame.columns:
+        raise ValueError(f"target transform needs column {feature!r}, which the frame lacks")
+    values = pd.to_numeric(frame[feature], errors="coerce").to_numpy(dtype=float)
+    usable = np.isfinite(values) & (values > 0)
+    return np.where(usable, values, np.nan)
+
+
+def apply_target_transform(
+    target: Mapping[str, Any] | None, model_output: np.ndarray, frame: pd.DataFrame
+) -> np.ndarray:
+    """Map booster outputs back to predicted values (format in the module docstring).
+
+    Args:
+        target: The ``target`` state value, or ``None`` (identity).
+        model_output: The booster's predictions (ratios under ``ratio_to_feature``), one per row of ``frame``.
+        frame: The rows predicted (holding the ratio feature column).
+
+    Returns:
+        Predicted values, same shape as ``model_output``.
+
+    Raises:
+        ValueError: Unknown transform (see ``validate_target_transform``) or missing feature column.
+    """
+    model_output = np.asarray(model_output, dtype=float)
+    if target is None:
+        return model_output
+    validate_target_transform(target, [target.get("feature")])
+    base = ratio_denominator(frame, str(target["feature"]))
+    return np.where(np.isnan(base), float(target["fallback"]["value"]), model_output * base)
+
+
 def learn_categories(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, list[str]]:
     """Category lists (sorted distinct non-missing values, as strings) of the given training columns.
 
@@ -214,8 +302,8 @@ class ModelBundle:
     Attributes:
         booster: The ``lightgbm.Booster``.
         state: The JSON state (``model``, ``kind``, ``feature_names``, ``categorical``,
-            ``calibration``, ``display_names``, plus any ``extra`` keys such as ``grades`` or
-            ``trained_as_of``).
+            ``calibration``, ``display_names``, plus any ``extra`` keys such as ``grades``,
+            ``trained_as_of`` or a regressor's ``target`` transform, see the module docstring).
     """
 
     def __init__(self, model_text: str, state: Mapping[str, Any]) -> None:
@@ -230,6 +318,10 @@ class ModelBundle:
                 raise ValueError(f"bundle state lacks required key {key!r}")
         if self.state["kind"] not in ("classifier", "regressor"):
             raise ValueError(f"bundle kind must be 'classifier' or 'regressor', got {self.state['kind']!r}")
+        if self.state.get("target") is not None:
+            if self.state["kind"] != "regressor":
+                raise ValueError("a target transform ('target' in the bundle state) needs a regressor bundle")
+            validate_target_transform(self.state["target"], self.state["feature_names"])
         self.booster = lgb.Booster(model_str=model_text)
         self._check_consistency()
 
@@ -401,20 +493,33 @@ class ModelBundle:
         return np.asarray(self.booster.predict(self.prepare(frame), raw_score=True), dtype=float)
 
     def predict_uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
-        """Classifier: ``sigmoid(raw margin)`` before calibration; regressor: the predicted value."""
+        """Classifier: ``sigmoid(raw margin)`` before calibration; regressor: the booster's output.
+
+        For a regressor with a ``target`` transform the booster's output is in the transformed space
+        (e.g. a ratio); ``predict`` maps it back.
+        """
         if len(frame) == 0:
             return np.zeros(0, dtype=float)
         return np.asarray(self.booster.predict(self.prepare(frame)), dtype=float)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Classifier: calibrated probability of the positive class; regressor: predicted value."""
+        """Classifier: calibrated probability of the positive class; regressor: predicted value.
+
+        A regressor's ``target`` transform (module docstring) is applied here, e.g. predicted ratio x
+        as-of amount, with the stored fallback where the amount is missing or not positive.
+        """
         values = self.predict_uncalibrated(frame)
         if self.kind == "classifier":
             return np.clip(apply_calibration(self.state.get("calibration"), values), 0.0, 1.0)
-        return values
+        if len(frame) == 0:
+            return values
+        return apply_target_transform(self.state.get("target"), values, frame)
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Per-row feature contributions (TreeSHAP, raw-margin scale) plus ``expected_value``.
+
+        With a ``target`` transform the scale is the transformed target (e.g. the ratio to the
+        as-of amount), not the predicted value.
 
         Returns:
             Frame with one column per feature and a last column ``expected_value``; each row sums
@@ -442,7 +547,8 @@ class ModelBundle:
 
         Returns:
             Per row, a list of ``{"feature": display name, "value": raw input value (JSON-safe),
-            "contribution": signed float on the raw-margin scale (log-odds for classifiers)}``,
+            "contribution": signed float on the raw-margin scale (log-odds for classifiers; the
+            transformed target, e.g. the ratio to the as-of amount, under a ``target`` transform)}``,
             largest absolute contribution first.
         """
         contributions = self.contributions(frame)

@@ -339,6 +339,8 @@ def fit_booster(
     max_rounds: int,
     early_stopping_rounds: int,
     callbacks: Sequence[Callable] = (),
+    weight_train: np.ndarray | None = None,
+    weight_valid: np.ndarray | None = None,
 ) -> Any:
     """Train a LightGBM booster with early stopping on a later (validation) slice.
 
@@ -351,6 +353,8 @@ def fit_booster(
         max_rounds: Upper bound on boosting rounds.
         early_stopping_rounds: Stop when the validation metric has not improved for this many rounds.
         callbacks: Extra callbacks (e.g. Optuna pruning).
+        weight_train: Optional row weights of the training slice (None: all equal).
+        weight_valid: Optional row weights of the validation slice (the early-stopping metric uses them).
 
     Returns:
         The trained ``lightgbm.Booster`` (its text model keeps only the best iteration).
@@ -359,9 +363,13 @@ def fit_booster(
 
     categorical = [c for c in x_train.columns if isinstance(x_train[c].dtype, pd.CategoricalDtype)]
     train_set = lgb.Dataset(
-        x_train, label=y_train, categorical_feature=categorical or "auto", free_raw_data=False
+        x_train,
+        label=y_train,
+        weight=weight_train,
+        categorical_feature=categorical or "auto",
+        free_raw_data=False,
     )
-    valid_set = lgb.Dataset(x_valid, label=y_valid, reference=train_set)
+    valid_set = lgb.Dataset(x_valid, label=y_valid, weight=weight_valid, reference=train_set)
     booster = lgb.train(
         dict(lgb_params),
         train_set,
@@ -942,6 +950,85 @@ def train_churn_model(
     return result
 
 
+def plan_amount_ratio_target(
+    params: Mapping[str, Any],
+    train: pd.DataFrame,
+    calibration: pd.DataFrame,
+    feature_names: Sequence[str],
+) -> dict[str, Any]:
+    """Whether (and how) the amount model may learn the ratio won amount / as-of amount.
+
+    Configured in ``amount_target`` of training/params.yaml: ``ratio_feature`` (the as-of amount
+    feature), ``candidates`` (LightGBM overrides fitted on the ratio), ``min_rows`` (rows with a usable
+    as-of amount needed in both the training and the calibration slice; data without an amount
+    history, e.g. Maven, has none and keeps the direct candidates only).
+
+    Args:
+        params: Training parameters.
+        train: Won-deal rows of the training slice (features + ``label_won_amount``).
+        calibration: Won-deal rows of the calibration slice.
+        feature_names: Model features.
+
+    Returns:
+        ``{"target": target transform JSON or None, "candidates": {name: overrides}, "feature": str,
+        "note": why the ratio candidates are or are not compared}``. The fallback (rows without a
+        positive as-of amount) is the median won amount of the training slice.
+    """
+    from serving.bundle import TARGET_RATIO_TO_FEATURE, ratio_denominator
+
+    config = dict(params.get("amount_target") or {})
+    feature = str(config.get("ratio_feature", "opp_amount"))
+    candidates = dict(config.get("candidates") or {})
+    min_rows = int(config.get("min_rows", 40))
+    plan: dict[str, Any] = {"target": None, "candidates": candidates, "feature": feature}
+    if not candidates:
+        plan["note"] = "no ratio candidates configured (amount_target.candidates)"
+        return plan
+    if feature not in feature_names:
+        plan["note"] = f"ratio feature {feature!r} is not a model feature"
+        return plan
+    usable = {
+        name: int(np.isfinite(ratio_denominator(part, feature)).sum())
+        for name, part in (("training", train), ("calibration", calibration))
+    }
+    short = [f"{name} {count}" for name, count in usable.items() if count < min_rows]
+    if short:
+        plan["note"] = f"too few rows with a positive {feature} ({', '.join(short)} < {min_rows})"
+        return plan
+    plan["target"] = {
+        "kind": TARGET_RATIO_TO_FEATURE,
+        "feature": feature,
+        "fallback": {
+            "kind": "constant",
+            "value": float(np.median(train["label_won_amount"].to_numpy(dtype=float))),
+            "source": "median won amount of the training slice",
+        },
+        "explain_space": f"contributions are on the ratio won amount / {feature}, not on the amount",
+    }
+    plan["note"] = f"ratio candidates compared ({usable['training']} training rows with a positive {feature})"
+    return plan
+
+
+def amount_ratio_rows(
+    target: Mapping[str, Any], frame: pd.DataFrame, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows that can learn a ratio target, their ratio labels and their ratio bases (as-of amounts).
+
+    Args:
+        target: A ``ratio_to_feature`` target transform (see ``serving.bundle``).
+        frame: Rows holding the ratio feature.
+        labels: Won amounts of ``frame``'s rows.
+
+    Returns:
+        ``(boolean row mask, labels / base of those rows, base of those rows)``.
+    """
+    from serving.bundle import ratio_denominator
+
+    base = ratio_denominator(frame, str(target["feature"]))
+    rows = np.isfinite(base)
+    return rows, np.asarray(labels, dtype=float)[rows] / base[rows], base[rows]
+
+
 def train_amount_model(
     tables: Mapping[str, pd.DataFrame],
     params: Mapping[str, Any] | None = None,
@@ -958,6 +1045,9 @@ def train_amount_model(
     win probability x expected amount). The LightGBM objective is chosen among the configured
     candidates (``lightgbm.amount.candidates``: gamma, tweedie, L2, L2 with linear trees) by WAPE on the won
     deals of the calibration slice; the choice and every candidate's WAPE are in the document.
+    The same comparison includes ratio candidates (``amount_target``, see ``plan_amount_ratio_target``):
+    boosters that learn won amount / as-of amount; the bundle of a chosen ratio candidate stores the
+    ``target`` transform (``serving.bundle``) so that ``predict`` multiplies back by the as-of amount.
     Evaluated on the won deals of the test slice against the as-of amount and the list price.
 
     Args: see ``train_win_model`` (truth is unused: the generator has no amount oracle).
@@ -967,7 +1057,7 @@ def train_amount_model(
     """
     from features.params import categorical_columns, feature_columns
     from features.snapshots import build_win_training_set
-    from serving.bundle import ModelBundle, learn_categories
+    from serving.bundle import ModelBundle, apply_target_transform, learn_categories, ratio_denominator
     from training.evaluate import evaluate_model, metrics_document, paired_to_json, regression_metrics
 
     del truth  # no amount oracle in the generator's truth
@@ -1006,31 +1096,70 @@ def train_amount_model(
     y_calibration = calibration["label_won_amount"].to_numpy(dtype=float)
     y_test = test["label_won_amount"].to_numpy(dtype=float)
 
+    max_rounds = int(params["lightgbm"]["max_boost_rounds"])
+    early_stopping_rounds = int(params["lightgbm"]["early_stopping_rounds"])
+    ratio_plan = plan_amount_ratio_target(params, train, calibration, feature_names)
+
+    def fit_candidate(target: Mapping[str, Any] | None, lgb_params: Mapping[str, Any]) -> Any:
+        if target is None:
+            return fit_booster(
+                x_train,
+                y_train,
+                x_calibration,
+                y_calibration,
+                lgb_params,
+                max_rounds=max_rounds,
+                early_stopping_rounds=early_stopping_rounds,
+            )
+        # Ratio target on the rows that have a usable as-of amount, weighted by that amount: the
+        # weighted L1 of the ratio is then proportional to the WAPE of the amount.
+        rows_train, ratio_train, base_train = amount_ratio_rows(target, train, y_train)
+        rows_cal, ratio_cal, base_cal = amount_ratio_rows(target, calibration, y_calibration)
+        return fit_booster(
+            x_train[rows_train],
+            ratio_train,
+            x_calibration[rows_cal],
+            ratio_cal,
+            lgb_params,
+            max_rounds=max_rounds,
+            early_stopping_rounds=early_stopping_rounds,
+            weight_train=base_train,
+            weight_valid=base_cal,
+        )
+
     candidates: dict[str, dict[str, Any]] = {}
     boosters: dict[str, Any] = {}
-    candidate_params = params["lightgbm"]["amount"]["candidates"]
-    for objective, overrides in candidate_params.items():
-        lgb_params = lightgbm_params(params, "amount", overrides)
-        booster = fit_booster(
-            x_train,
-            y_train,
-            x_calibration,
-            y_calibration,
-            lgb_params,
-            max_rounds=int(params["lightgbm"]["max_boost_rounds"]),
-            early_stopping_rounds=int(params["lightgbm"]["early_stopping_rounds"]),
-        )
-        boosters[objective] = booster
-        candidates[objective] = regression_metrics(y_calibration, booster.predict(x_calibration))
+    targets: dict[str, dict[str, Any] | None] = {}
+    candidate_overrides: dict[str, Mapping[str, Any]] = {}
+    for objective, overrides in params["lightgbm"]["amount"]["candidates"].items():
+        targets[objective], candidate_overrides[objective] = None, overrides
+    for name, overrides in (ratio_plan["candidates"] if ratio_plan["target"] is not None else {}).items():
+        if name in targets:
+            raise ValueError(f"amount: ratio candidate {name!r} has the name of a direct candidate")
+        targets[name], candidate_overrides[name] = ratio_plan["target"], overrides
+    for name, target in targets.items():
+        booster = fit_candidate(target, lightgbm_params(params, "amount", candidate_overrides[name]))
+        boosters[name] = booster
+        # Every candidate is scored on all calibration rows in amount space, ratio candidates
+        # through the same transform (and fallback) the bundle applies at serving time.
+        calibration_prediction = apply_target_transform(target, booster.predict(x_calibration), calibration)
+        candidates[name] = regression_metrics(y_calibration, calibration_prediction)
     chosen = min(candidates, key=lambda name: candidates[name]["wape"])
-    lgb_params = lightgbm_params(params, "amount", candidate_params[chosen])
+    chosen_target = targets[chosen]
+    lgb_params = lightgbm_params(params, "amount", candidate_overrides[chosen])
     tuning = None
     if tune_trials > 0:
+        if chosen_target is None:
+            x_tune, y_tune, as_of_tune, tune_model = x_train, y_train, train["as_of"], "amount"
+        else:
+            # The study sees the ratio (unweighted: tune_lightgbm has no row weights).
+            rows_tune, y_tune, _ = amount_ratio_rows(chosen_target, train, y_train)
+            x_tune, as_of_tune, tune_model = x_train[rows_tune], train["as_of"][rows_tune], "amount_ratio"
         overrides, tuning = _tuned_overrides(
-            "amount",
-            x_train,
-            y_train,
-            train["as_of"],
+            tune_model,
+            x_tune,
+            y_tune,
+            as_of_tune,
             lgb_params,
             params,
             tune_trials,
@@ -1038,16 +1167,16 @@ def train_amount_model(
             split.label_gap_days,
         )
         lgb_params.update(overrides)
-        boosters[chosen] = fit_booster(
-            x_train,
-            y_train,
-            x_calibration,
-            y_calibration,
-            lgb_params,
-            max_rounds=int(params["lightgbm"]["max_boost_rounds"]),
-            early_stopping_rounds=int(params["lightgbm"]["early_stopping_rounds"]),
-        )
+        boosters[chosen] = fit_candidate(chosen_target, lgb_params)
     booster = boosters[chosen]
+    extra: dict[str, Any] = {
+        "trained_as_of": split.train_end.date().isoformat(),
+        "split": split.to_dict(),
+        "objective": chosen,
+        "best_iteration": int(booster.current_iteration()),
+    }
+    if chosen_target is not None:
+        extra["target"] = chosen_target
     bundle = ModelBundle.from_booster(
         booster,
         model="amount",
@@ -1056,12 +1185,7 @@ def train_amount_model(
         categorical=categories,
         calibration=None,
         display_names=_json_factor_names(feature_names),
-        extra={
-            "trained_as_of": split.train_end.date().isoformat(),
-            "split": split.to_dict(),
-            "objective": chosen,
-            "best_iteration": int(booster.current_iteration()),
-        },
+        extra=extra,
     )
     prediction = bundle.predict(test)
     baseline_predictions = {}
@@ -1100,7 +1224,14 @@ def train_amount_model(
         rows_per_slice=_slice_counts(slices),
         paired=paired_to_json(evaluation.paired),
         amount_objective=chosen,
+        amount_target="direct" if chosen_target is None else str(chosen_target["kind"]),
+        amount_target_note=ratio_plan["note"],
         objective_candidates_calibration_wape={name: m["wape"] for name, m in candidates.items()},
+        test_rows_without_ratio_base=(
+            int(np.isnan(ratio_denominator(test, ratio_plan["feature"])).sum())
+            if ratio_plan["feature"] in test.columns
+            else len(test)
+        ),
         n_features=len(feature_names),
         best_iteration=int(booster.current_iteration()),
         tuned=bool(tuning),

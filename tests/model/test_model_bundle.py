@@ -226,3 +226,99 @@ def test_linear_tree_model_predicts_but_refuses_contributions_clearly(frame, tmp
     np.testing.assert_allclose(reloaded.predict(frame), booster.predict(x))
     with pytest.raises(ValueError, match="linear trees"):
         reloaded.explain(frame.head(2))
+
+
+# ---------------------------------------------------------------------- target transform (ratio)
+
+
+def _ratio_bundle(frame: pd.DataFrame, fallback_value: float = 1234.5) -> tuple[ModelBundle, pd.DataFrame]:
+    """A regressor learning amount / deal_amount, with the ratio target stored in its state."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(3)
+    data = frame.assign(deal_amount=frame["amount"] * np.exp(rng.normal(scale=0.1, size=len(frame))))
+    features = ["num_signal", "num_noise", "deal_amount"]
+    x = prepare_features(data, features, {})
+    booster = lgb.train(
+        {"objective": "regression", "num_leaves": 7, "verbosity": -1, "num_threads": 1, "seed": 1},
+        lgb.Dataset(x, data["amount"] / data["deal_amount"]),
+        num_boost_round=20,
+    )
+    target = {
+        "kind": "ratio_to_feature",
+        "feature": "deal_amount",
+        "fallback": {"kind": "constant", "value": fallback_value},
+        "explain_space": "ratio",
+    }
+    bundle = ModelBundle.from_booster(
+        booster,
+        model="amount",
+        kind="regressor",
+        feature_names=features,
+        categorical={},
+        calibration=None,
+        extra={"target": target},
+    )
+    return bundle, data
+
+
+def test_ratio_target_round_trip_multiplies_by_the_feature(frame, tmp_path):
+    bundle, data = _ratio_bundle(frame)
+    ratio = bundle.booster.predict(bundle.prepare(data))
+    predictions = bundle.predict(data)
+    np.testing.assert_allclose(predictions, ratio * data["deal_amount"].to_numpy(), rtol=1e-12)
+    assert 0.5 < np.median(ratio) < 2.0  # the booster really learned a ratio, not an amount
+    loaded = ModelBundle.load(bundle.save(tmp_path / "ratio"))
+    assert loaded.state["target"]["feature"] == "deal_amount"
+    np.testing.assert_array_equal(loaded.predict(data), predictions)
+    # Raw outputs and contributions stay in the ratio space.
+    np.testing.assert_allclose(loaded.predict_uncalibrated(data), ratio)
+    contributions = loaded.contributions(data.head(20))
+    np.testing.assert_allclose(contributions.sum(axis=1).to_numpy(), ratio[:20], rtol=1e-9)
+    factors = loaded.explain(data.head(3), top_k=2)
+    assert len(factors) == 3 and all(len(row) == 2 for row in factors)
+
+
+def test_ratio_target_missing_zero_or_negative_feature_gets_the_fallback(frame):
+    bundle, data = _ratio_bundle(frame, fallback_value=777.0)
+    rows = data.head(5).copy()
+    rows["deal_amount"] = [np.nan, 0.0, -5.0, np.inf, 1000.0]
+    predictions = bundle.predict(rows)
+    np.testing.assert_array_equal(predictions[:4], [777.0] * 4)
+    ratio_last = bundle.predict_uncalibrated(rows)[4]
+    assert predictions[4] == pytest.approx(1000.0 * ratio_last)
+    assert bundle.predict(rows.head(0)).shape == (0,)
+
+
+def test_bundle_without_target_key_predicts_the_booster_output(frame, bundle_factory):
+    regressor = bundle_factory(frame, kind="regressor")
+    assert "target" not in regressor.state
+    np.testing.assert_array_equal(
+        regressor.predict(frame), regressor.booster.predict(regressor.prepare(frame))
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "log"}, "unknown target transform kind"),
+        ({"feature": "not_a_feature"}, "not among the model's feature_names"),
+        ({"fallback": {"kind": "constant", "value": None}}, "fallback must be"),
+        ({"fallback": {"kind": "direct_model"}}, "fallback must be"),
+    ],
+)
+def test_invalid_target_transform_is_refused(frame, change, message):
+    bundle, _ = _ratio_bundle(frame)
+    state = {**bundle.state, "target": {**bundle.state["target"], **change}}
+    with pytest.raises(ValueError, match=message):
+        ModelBundle(bundle.model_text, state)
+
+
+def test_target_transform_on_a_classifier_is_refused(bundle):
+    target = {
+        "kind": "ratio_to_feature",
+        "feature": "num_signal",
+        "fallback": {"kind": "constant", "value": 1.0},
+    }
+    with pytest.raises(ValueError, match="needs a regressor"):
+        ModelBundle(bundle.model_text, {**bundle.state, "target": target})

@@ -104,6 +104,13 @@ def test_amount_document_is_a_regression_document(trained: dict[str, dict]) -> N
     assert set(document["baselines"]) == {"as_of_amount", "list_price"}
     assert document["amount_objective"] in document["objective_candidates_calibration_wape"]
     assert document["wape"] >= 0
+    # The generated CRM has an amount history, so ratio candidates are compared with the direct ones
+    # and the chosen one is the lowest calibration WAPE among all of them.
+    wapes = document["objective_candidates_calibration_wape"]
+    assert {"ratio_l1", "ratio_l2", "tweedie"} <= set(wapes), document["amount_target_note"]
+    assert wapes[document["amount_objective"]] == min(wapes.values())
+    expected_target = "ratio_to_feature" if document["amount_objective"].startswith("ratio_") else "direct"
+    assert document["amount_target"] == expected_target
 
 
 def test_promote_then_score_every_open_deal_and_active_account_once(
