@@ -21,7 +21,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -331,13 +330,13 @@ def score_accounts(
 
 
 def default_scores_url() -> str:
-    """SQLite scores store next to the tracking DB (``scores.db``), or in the cwd for remote trackers."""
-    from training.tracking import tracking_uri
+    """SQLite scores store next to the tracking DB (``scores.db``), or in the cwd for remote trackers.
 
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve().with_name('scores.db')}"
-    return f"sqlite:///{(Path.cwd() / 'scores.db').resolve()}"
+    The rule lives with its reader, the managers' page (serving must not import training).
+    """
+    from serving.ui.store import default_scores_url as serving_default_scores_url
+
+    return serving_default_scores_url()
 
 
 class ScoresStore:
