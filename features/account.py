@@ -14,7 +14,7 @@ import re
 import pandas as pd
 
 from features.params import FeatureParams, load_params
-from features.sql import AsOfArg, connect, dates_frame, days_between, finish_frame, shaped_table
+from features.sql import AsOfArg, dates_frame, days_between, finish_frame, registered, shaped_table
 
 CATEGORICAL_OUTPUT = ["acct_industry", "acct_segment", "acct_region"]
 DAYS_PER_MONTH = 30.4375
@@ -368,25 +368,23 @@ def build_account_features(
     history = shaped_table(tables, "opportunity_history", HISTORY_AMOUNT_COLUMNS)
     history["src_order"] = range(len(history))
     long, metrics = usage_long(tables)
-    con = connect()
-    try:
-        con.register("subs", shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS))
-        con.register("tickets", shaped_table(tables, "tickets", TICKET_COLUMNS))
-        con.register("surveys", surveys)
-        con.register("touches", shaped_table(tables, "activities", TOUCH_COLUMNS))
-        con.register("open_opps", shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS))
-        con.register("hist_amount", history)
-        con.register("accts", shaped_table(tables, "accounts", ACCOUNT_COLUMNS))
-        con.register("dates", dates)
+    frames = {
+        "subs": shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS),
+        "tickets": shaped_table(tables, "tickets", TICKET_COLUMNS),
+        "surveys": surveys,
+        "touches": shaped_table(tables, "activities", TOUCH_COLUMNS),
+        "open_opps": shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS),
+        "hist_amount": history,
+        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
+        "dates": dates,
+    }
+    usage_stats = None
+    with registered(frames) as con:
         base = con.execute(account_query(params)).df()
-        if metrics:
-            con.register("usage_long", long)
-            con.register("population", base[["account_id", "as_of"]])
+    if metrics:
+        usage_frames = {"usage_long": long, "population": base[["account_id", "as_of"]], "dates": dates}
+        with registered(usage_frames) as con:
             usage_stats = con.execute(usage_query(params)).df()
-        else:
-            usage_stats = None
-    finally:
-        con.close()
     base = finish_frame(base, ["account_id", *CATEGORICAL_OUTPUT])
     count_columns = [f"acct_tickets_{w}d" for w in ap.ticket_windows_days] + ["acct_tickets_open_at_asof"]
     count_columns += [f"acct_touches_{w}d" for w in ap.touch_windows_days]

@@ -18,10 +18,10 @@ import pandas as pd
 from features.params import FeatureParams, load_params
 from features.sql import (
     AsOfArg,
-    connect,
     dates_frame,
     days_between,
     finish_frame,
+    registered,
     shaped_table,
     to_timestamps,
 )
@@ -103,6 +103,10 @@ def history_with_current_state(
     opps = shaped_table(tables, "opportunities", {"opportunity_id": "str", **CURRENT_STATE_COLUMNS})
     current = opps.assign(changed_at=current_state_as_of)[list(HISTORY_COLUMNS)]
     current["src_order"] = range(len(history), len(history) + len(current))
+    if history.empty:
+        # What the concat gives (pandas leaves empty frames out of the dtype decision), without its
+        # cost and its FutureWarning; the serving path's records often carry no history at all.
+        return current.reset_index(drop=True)
     return pd.concat([history, current], ignore_index=True)
 
 
@@ -351,17 +355,16 @@ def build_opportunity_features(
         stage_order = pd.DataFrame(
             {"stage": pd.Series([], dtype=object), "stage_index": pd.Series([], dtype=float)}
         )
-    con = connect()
-    try:
-        con.register("opps", shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS))
-        con.register("hist", history_with_current_state(tables, current_ts))
-        con.register("acts", shaped_table(tables, "activities", ACTIVITY_COLUMNS))
-        con.register("accts", shaped_table(tables, "accounts", ACCOUNT_COLUMNS))
-        con.register("dates", dates)
-        con.register("stage_order", stage_order)
+    frames = {
+        "opps": shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS),
+        "hist": history_with_current_state(tables, current_ts),
+        "acts": shaped_table(tables, "activities", ACTIVITY_COLUMNS),
+        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
+        "dates": dates,
+        "stage_order": stage_order,
+    }
+    with registered(frames) as con:
         result = con.execute(opportunity_query(params)).df()
-    finally:
-        con.close()
     drop = [c for c in result.columns if c.startswith("start_") or c == "prev_as_of"]
     result = result.drop(columns=drop)
     # A deal without any activity row has zero activities, not an unknown count.
