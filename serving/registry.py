@@ -1,4 +1,4 @@
-"""Look up registered models in MLflow and load their bundles (no pickle, no ``pyfunc.load_model``).
+"""Look up registered models in MLflow and load their bundles directly (never unpickled, never via pyfunc).
 
 Registered models are named ``revcast-<model>``; versions move between the aliases ``challenger``
 (every new training run) and ``champion`` (what the service uses; moved by ``revcast promote``).
