@@ -1,7 +1,7 @@
 """Benchmark of the as-of feature pipelines (DuckDB SQL) against the plain pandas reference.
 
     python benchmarks/features.py                  # default size: 600 accounts, weekly snapshots
-    python benchmarks/features.py --size large     # ~0.4M opportunities / ~10M activities (many minutes, ~10 GB RAM)
+    python benchmarks/features.py --size large     # ~1M opportunities / ~10M activities (many minutes)
     python benchmarks/features.py --no-scaling     # skip the 1x/2x/4x scaling check
 
 Generates data with the project's synthetic generator (in a subprocess, so its memory does not
@@ -37,11 +37,12 @@ from features.reference_pandas import reference_opportunity_features  # noqa: E4
 from features.snapshots import as_of_dates  # noqa: E402
 
 SIZES = {
-    # name: (n_accounts, generator scale)
-    "default": (600, 1.0),
-    # The generator makes ~25 activities per opportunity, so ~10M activities come with ~0.4M deals;
-    # --accounts 13000 gives ~1M deals (and ~25M activities, >16 GB of RAM).
-    "large": (5_000, 10.0),
+    # name: (n_accounts, generator scale, activity rate)
+    "default": (600, 1.0, 1.0),
+    # At scale 10 the generator makes ~73.6 deals per account and, at activity rate 1, ~26 activities
+    # per deal (measured: 500 accounts x scale 10 x activity rate 0.37 -> 36,801 deals, 358,442
+    # activities). 13,600 accounts -> ~1.0M deals; activity rate 0.38 -> ~10M activities.
+    "large": (13_600, 10.0, 0.38),
 }
 
 
@@ -50,11 +51,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def generate(out: Path, n_accounts: int, scale: float, seed: int) -> None:
+def generate(out: Path, n_accounts: int, scale: float, seed: int, activity_rate: float = 1.0) -> None:
     """Run the generator in a child process (its memory is not this benchmark's)."""
     code = (
         "from features.generate import generate_crm; "
-        f"generate_crm({str(out)!r}, n_accounts={n_accounts}, seed={seed}, scale={scale}, fmt='parquet')"
+        f"generate_crm({str(out)!r}, n_accounts={n_accounts}, seed={seed}, scale={scale}, fmt='parquet', "
+        f"activity_rate={activity_rate})"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -79,12 +81,22 @@ def input_rows(tables: dict[str, pd.DataFrame]) -> int:
 
 
 def run_size(
-    name: str, n_accounts: int, scale: float, seed: int, reference_dates: int | None, workdir: Path
+    name: str,
+    n_accounts: int,
+    scale: float,
+    seed: int,
+    reference_dates: int | None,
+    workdir: Path,
+    activity_rate: float = 1.0,
 ) -> None:
-    out = workdir / f"{name}-{n_accounts}-{scale}"
+    out = workdir / f"{name}-{n_accounts}-{scale}-{activity_rate}"
     started = time.perf_counter()
-    generate(out, n_accounts, scale, seed)
-    print(f"[{name}] generated {n_accounts} accounts x scale {scale} in {time.perf_counter() - started:.1f}s")
+    generate(out, n_accounts, scale, seed, activity_rate)
+    print(
+        f"[{name}] generated {n_accounts} accounts x scale {scale} x activity rate {activity_rate} "
+        f"in {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
     started = time.perf_counter()
     tables, _report = load_tables(out)
     print(
@@ -161,6 +173,9 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--accounts", type=int, default=None, help="override the number of accounts")
     parser.add_argument("--scale", type=float, default=None, help="override the generator's volume scale")
+    parser.add_argument(
+        "--activity-rate", type=float, default=None, help="override the generator's activity density"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--reference-dates",
@@ -173,15 +188,16 @@ def main() -> None:
         "--workdir", type=Path, default=None, help="where to write generated data (default: temp)"
     )
     args = parser.parse_args()
-    n_accounts, scale = SIZES[args.size]
+    n_accounts, scale, activity_rate = SIZES[args.size]
     n_accounts = args.accounts or n_accounts
     scale = args.scale or scale
+    activity_rate = args.activity_rate or activity_rate
     reference_dates = (
         args.reference_dates if args.reference_dates is not None else (4 if args.size == "large" else None)
     )
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
-        run_size(args.size, n_accounts, scale, args.seed, reference_dates, workdir)
+        run_size(args.size, n_accounts, scale, args.seed, reference_dates, workdir, activity_rate)
         if not args.no_scaling:
             scaling(SIZES["default"][0], args.seed, workdir)
 

@@ -53,11 +53,22 @@ def data_generate(
     seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical output.")] = 7,
     scale: Annotated[float, typer.Option(help="Multiply opportunity and activity volume per account.")] = 1.0,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    activity_rate: Annotated[
+        float, typer.Option(help="Multiply activity density per deal and account (deals unchanged).")
+    ] = 1.0,
 ) -> None:
     """Write a realistic synthetic CRM (every table of the contract) plus its ground truth."""
     from training.cmd_data import cmd_data_generate
 
-    _run(cmd_data_generate, out=out, accounts=accounts, seed=seed, scale=scale, fmt=fmt)
+    _run(
+        cmd_data_generate,
+        out=out,
+        accounts=accounts,
+        seed=seed,
+        scale=scale,
+        fmt=fmt,
+        activity_rate=activity_rate,
+    )
 
 
 @data_app.command("import")

@@ -5,13 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def cmd_data_generate(out: Path, accounts: int, seed: int, scale: float, fmt: str) -> None:
+def cmd_data_generate(
+    out: Path, accounts: int, seed: int, scale: float, fmt: str, activity_rate: float = 1.0
+) -> None:
     """Write a synthetic CRM dataset (and its truth/) to `out`."""
     import typer
 
     from features.generate import generate_crm
 
-    summary = generate_crm(out_dir=out, n_accounts=accounts, seed=seed, scale=scale, fmt=fmt)
+    summary = generate_crm(
+        out_dir=out, n_accounts=accounts, seed=seed, scale=scale, fmt=fmt, activity_rate=activity_rate
+    )
     for table, n_rows in summary["rows"].items():
         typer.echo(f"{table:>22}: {n_rows:>10,} rows")
     typer.echo(f"wrote {out} (ground truth in {out / 'truth'}; no feature may read it)")

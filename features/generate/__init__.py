@@ -133,6 +133,7 @@ def generate_crm(
     *,
     subscription_rows: str = "period",
     export_date: str = "2026-10-31",
+    activity_rate: float | None = None,
     params: GeneratorParams | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic CRM dataset and its ground truth to `out_dir`.
@@ -145,7 +146,11 @@ def generate_crm(
         fmt: ``"csv"`` or ``"parquet"`` (truth/ is always CSV).
         subscription_rows: ``"period"`` (one row per billing term) or ``"contract"``.
         export_date: Last day of the data (ISO date).
-        params: Full parameter set; `subscription_rows` and `export_date` override its fields.
+        activity_rate: Multiplier of activity density per deal and per account (deal activities,
+            CSM and prospecting touches); deals and every other table are unchanged. ``None``
+            keeps the value in `params` (default 1.0).
+        params: Full parameter set; `subscription_rows`, `export_date` and `activity_rate`
+            override its fields.
 
     Returns:
         Summary: ``rows`` (table -> rows written), ``truth_rows``, ``out_dir``, ``format``,
@@ -159,6 +164,10 @@ def generate_crm(
     started = time.perf_counter()
     base = params or GeneratorParams()
     params = dataclasses.replace(base, subscription_rows=subscription_rows, export_date=export_date)
+    if activity_rate is not None:
+        if not activity_rate > 0:
+            raise ValueError(f"activity_rate must be > 0, got {activity_rate}")
+        params = dataclasses.replace(params, activity_rate=float(activity_rate))
     world = simulate_world(int(n_accounts), int(seed), float(scale), params)
 
     out = Path(out_dir)

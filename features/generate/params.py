@@ -136,6 +136,9 @@ class GeneratorParams:
     slip_to_quarter_end: float = 0.6
     activities_per_week: tuple[float, ...] = (3.5, 2.5, 2.0)
     activity_q: float = 0.45
+    # Multiplier of every activity rate (deal activities, CSM and prospecting touches) that leaves
+    # deals untouched: benchmarks use it to reach a target activities-per-deal ratio.
+    activity_rate: float = 1.0
 
     # --- customers: contract terms and churn
     term_probs: tuple[tuple[float, ...], ...] = (  # P(term = 1, 12, 24 months) per segment

@@ -1027,7 +1027,11 @@ class _Simulation:
             deals = visible[begin : begin + CHUNK_DEALS]
             lo = d.created[deals]
             hi = np.minimum(d.paths.close[deals], self.cutoff)
-            per_week = np.asarray(p.activities_per_week)[d.type[deals]] * np.exp(p.activity_q * d.q[deals])
+            per_week = (
+                np.asarray(p.activities_per_week)[d.type[deals]]
+                * p.activity_rate
+                * np.exp(p.activity_q * d.q[deals])
+            )
             counts = rng.poisson(per_week / 7.0 * np.maximum(hi - lo, 0.0))
             deal = np.repeat(deals, counts)
             span_lo, span_hi = np.repeat(lo, counts), np.repeat(hi, counts)
@@ -1047,7 +1051,9 @@ class _Simulation:
         rng = self.rng(101)
         customers, lo, hi = self.customer_window()
         who, month, seg_lo, seg_hi = self._active_months(lo, hi, customers)
-        counts = rng.poisson(p.csm_touches_per_month * self.scale * (seg_hi - seg_lo) / DAYS_PER_MONTH)
+        counts = rng.poisson(
+            p.csm_touches_per_month * self.scale * p.activity_rate * (seg_hi - seg_lo) / DAYS_PER_MONTH
+        )
         account = np.repeat(who, counts)
         h = np.repeat(self.health[who, month], counts)
         t = np.repeat(seg_lo, counts) + rng.random(len(account)) * np.repeat(seg_hi - seg_lo, counts)
@@ -1055,7 +1061,9 @@ class _Simulation:
         prospects_lo = np.maximum(self.acct_created, 0.0)
         prospects_hi = np.minimum(np.where(self.customer, self.since, np.inf), self.cutoff)
         pw, _, p_lo, p_hi = self._active_months(prospects_lo, prospects_hi, np.arange(self.n_accounts))
-        p_counts = rng.poisson(p.prospect_touches_per_month * self.scale * (p_hi - p_lo) / DAYS_PER_MONTH)
+        p_counts = rng.poisson(
+            p.prospect_touches_per_month * self.scale * p.activity_rate * (p_hi - p_lo) / DAYS_PER_MONTH
+        )
         p_account = np.repeat(pw, p_counts)
         p_t = np.repeat(p_lo, p_counts) + rng.random(len(p_account)) * np.repeat(p_hi - p_lo, p_counts)
         p_kind = _choice(rng, np.tile([0.3, 0.7, 0.0, 0.0, 0.0], (len(p_account), 1)))

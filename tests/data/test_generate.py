@@ -224,6 +224,21 @@ def test_scale_grows_volume_about_linearly(tmp_path: Path, generated: tuple[Path
         assert 1.6 <= ratio <= 2.4, (name, ratio)
 
 
+def test_activity_rate_thins_activities_and_leaves_deals_alone(
+    tmp_path: Path, generated: tuple[Path, dict]
+) -> None:
+    out = tmp_path / "half"
+    halved = generate_crm(out, n_accounts=N_ACCOUNTS, seed=11, activity_rate=0.5)["rows"]
+    ratio = halved["activities"] / generated[1]["rows"]["activities"]
+    assert 0.35 <= ratio <= 0.65, ratio
+    base = _digest(generated[0])
+    thinned = _digest(out)
+    for name in ("opportunities.csv", "opportunity_history.csv", "accounts.csv"):
+        assert thinned[name] == base[name], name
+    with pytest.raises(ValueError, match="activity_rate"):
+        generate_crm(tmp_path / "bad", n_accounts=10, activity_rate=0.0)
+
+
 def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fmt"):
         generate_crm(tmp_path, n_accounts=10, fmt="xlsx")
