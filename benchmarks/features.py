@@ -1,7 +1,7 @@
 """Benchmark of the as-of feature pipelines (DuckDB SQL) against the plain pandas reference.
 
     python benchmarks/features.py                  # default size: 600 accounts, weekly snapshots
-    python benchmarks/features.py --size large     # ~1M opportunities / ~10M activities (many minutes)
+    python benchmarks/features.py --size large     # ~0.95M opportunities / ~9.7M activities (~6 min, ~21 GB peak RSS)
     python benchmarks/features.py --no-scaling     # skip the 1x/2x/4x scaling check
 
 Generates data with the project's synthetic generator (in a subprocess, so its memory does not
