@@ -169,12 +169,22 @@ def forecast(
     by: Annotated[str | None, typer.Option(help="rep, team or region")] = None,
     backtest: Annotated[bool, typer.Option(help="Re-run the forecast at past period starts.")] = False,
     metrics_out: Annotated[Path | None, typer.Option(help="Write the (backtest) result as JSON.")] = None,
+    min_history_days: Annotated[
+        int, typer.Option(help="--backtest: history (days) required before the first evaluated period.")
+    ] = 365,
 ) -> None:
     """Forecast won revenue per period with a P10-P50-P90 range, or backtest the forecast."""
     from training.cmd_forecast import cmd_forecast
 
     _run(
-        cmd_forecast, data=data, as_of=as_of, period=period, by=by, backtest=backtest, metrics_out=metrics_out
+        cmd_forecast,
+        data=data,
+        as_of=as_of,
+        period=period,
+        by=by,
+        backtest=backtest,
+        metrics_out=metrics_out,
+        min_history_days=min_history_days,
     )
 
 

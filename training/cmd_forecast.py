@@ -236,7 +236,13 @@ def _write_json(document: dict[str, Any], path: Path) -> None:
 
 
 def cmd_forecast(
-    data: Path, as_of: str | None, period: str, by: str | None, backtest: bool, metrics_out: Path | None
+    data: Path,
+    as_of: str | None,
+    period: str,
+    by: str | None,
+    backtest: bool,
+    metrics_out: Path | None,
+    min_history_days: int = 365,
 ) -> None:
     """Forecast (or backtest) won revenue per period with a range; see `revcast forecast --help`."""
     from features.data import load_tables
@@ -245,6 +251,8 @@ def cmd_forecast(
 
     if period not in ("month", "quarter"):
         raise ValueError(f"--period: expected month or quarter, got {period!r}")
+    if min_history_days < 1:
+        raise ValueError(f"--min-history-days: expected a positive number of days, got {min_history_days}")
     if by not in (None, "rep", "team", "region"):
         raise ValueError(f"--by: expected rep, team or region, got {by!r}")
     tables, _report = load_tables(data, require=("accounts", "opportunities"))
@@ -252,7 +260,9 @@ def cmd_forecast(
 
     with tempfile.TemporaryDirectory() as tmp:
         if backtest:
-            document = backtest_forecast(tables, period=period, by=by, progress=_echo)
+            document = backtest_forecast(
+                tables, period=period, by=by, min_history_days=min_history_days, progress=_echo
+            )
             _print_backtest(document)
             chart = backtest_chart(document, Path(tmp) / "forecast_vs_actual.png")
             from training.tracking import metrics_for_mlflow

@@ -63,6 +63,17 @@ def test_cli_rejects_bad_period(tmp_path, crm):
     assert "period" in result.output
 
 
+def test_cli_rejects_non_positive_min_history(tmp_path, crm):
+    from features.data import write_tables
+
+    write_tables(crm, tmp_path / "crm")
+    result = CliRunner().invoke(
+        app, ["forecast", "--data", str(tmp_path / "crm"), "--backtest", "--min-history-days", "0"]
+    )
+    assert result.exit_code == 2
+    assert "--min-history-days" in result.output
+
+
 @pytest.mark.shared_data
 def test_cli_backtest_maven_writes_contract_document(tmp_path, tracking):
     source = SHARED_DATA / "maven_crm"
