@@ -159,10 +159,22 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def start_service(env_overrides: dict[str, str], workdir: Path, timeout_s: float = 180) -> Server:
-    """Start `bentoml serve serving.service:RevcastService` on a free loopback port and wait for /readyz."""
+def start_service(
+    env_overrides: dict[str, str], workdir: Path, timeout_s: float = 180, cwd: Path = REPO
+) -> Server:
+    """Start `bentoml serve serving.service:RevcastService` on a free loopback port and wait for /readyz.
+
+    ``cwd`` is where the service runs (stores that default to the working directory land there); the
+    repository stays importable through PYTHONPATH.
+    """
     port = free_port()
-    env = {**os.environ, "REVCAST_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "BENTOML_DO_NOT_TRACK": "True"}
+    env = {
+        **os.environ,
+        "REVCAST_API_TOKEN": TOKEN,
+        "PYTHONUNBUFFERED": "1",
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONPATH": str(REPO),
+    }
     env.update(env_overrides)
     log = workdir / f"service-{port}.log"
     with open(log, "wb") as out:
@@ -176,7 +188,7 @@ def start_service(env_overrides: dict[str, str], workdir: Path, timeout_s: float
                 "--port",
                 str(port),
             ],
-            cwd=REPO,
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

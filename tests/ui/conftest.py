@@ -21,7 +21,7 @@ import pytest
 # The serving tests' session fixtures (CRM, MLflow server, registered champions) are reused by name;
 # the star import follows their renames, the explicit one names what this module calls itself.
 from tests.serving.conftest import *  # noqa: F403
-from tests.serving.conftest import BIN, TOKEN, Registry, free_port, stop, wait_for
+from tests.serving.conftest import BIN, TOKEN, Registry, start_service, stop
 from tests.ui.crm_extras import write_ui_crm
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -91,36 +91,21 @@ def ui_service(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> 
     scores_db = workdir / "scores.db"
     assert scores_db.exists(), f"revcast score did not write the scores store in {workdir}"
     actions_db = workdir / "actions-store.db"
-    port = free_port()
-    log = workdir / "service.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                str(BIN / "bentoml"),
-                "serve",
-                "serving.service:RevcastService",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=workdir,
-            env={
-                **env,
-                "REVCAST_DATA_DIR": str(data_dir),
-                "REVCAST_UI_DB_URL": f"sqlite:///{actions_db}",
-                "PYTHONPATH": str(REPO),
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = start_service(
+        {
+            "MLFLOW_TRACKING_URI": registry.uri,
+            "REVCAST_DATA_DIR": str(data_dir),
+            "REVCAST_UI_DB_URL": f"sqlite:///{actions_db}",
+        },
+        workdir,
+        cwd=workdir,
+    )
     try:
-        wait_for(f"{url}/readyz", 180, process, log)
-        yield UiService(url, TOKEN, workdir, data_dir, scores_db, actions_db, log, process)
+        yield UiService(
+            server.url, TOKEN, workdir, data_dir, scores_db, actions_db, server.log, server.process
+        )
     finally:
-        stop(process)
+        stop(server.process)
 
 
 @pytest.fixture(scope="session")
