@@ -38,14 +38,16 @@ TICKET_COLUMNS = {
 }
 SURVEY_COLUMNS = {"account_id": "str", "responded_at": "ts", "kind": "lstr", "score": "num"}
 TOUCH_COLUMNS = {"account_id": "str", "occurred_at": "ts"}
+# `outcome` is read only for deals closed at or before the as-of date (like the win-rate track records).
 OPEN_OPP_COLUMNS = {
     "opportunity_id": "str",
     "account_id": "str",
     "created_at": "ts",
     "closed_at": "ts",
     "type": "lstr",
+    "outcome": "lstr",
 }
-HISTORY_AMOUNT_COLUMNS = {"opportunity_id": "str", "changed_at": "ts", "amount": "num"}
+HISTORY_COLUMNS = {"opportunity_id": "str", "changed_at": "ts", "amount": "num", "stage": "lstr"}
 ACCOUNT_COLUMNS = {
     "account_id": "str",
     "created_at": "ts",
@@ -109,14 +111,29 @@ def _windows(params: FeatureParams) -> dict[str, int]:
     }
 
 
+def _sql_list(values: tuple[str, ...]) -> str:
+    """A SQL IN-list of string literals (NULL for an empty list, which matches nothing)."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) or "NULL"
+
+
 def account_query(params: FeatureParams) -> str:
     """SQL computing the non-usage account features for every (active account, as_of) pair.
 
-    Expects registered relations: subs, tickets, surveys, touches, open_opps, hist_amount, accts, dates.
+    Expects registered relations: subs, tickets, surveys, touches, open_opps, hist, stage_order, accts,
+    dates.
     """
     ap = params.account
-    high = ", ".join(f"'{p}'" for p in ap.high_priorities) or "NULL"
-    opp_types = ", ".join(f"'{t}'" for t in ap.open_opportunity_types) or "NULL"
+    high = _sql_list(ap.high_priorities)
+    opp_types = _sql_list(ap.open_opportunity_types)
+    renewal_types = _sql_list(ap.renewal_opportunity_types)
+    horizon = float(params.labels.churn_horizon_days)
+    renewal_outcomes = ",\n           ".join(
+        f"SUM(CASE WHEN o.closed_at > p.start_{w}d AND o.outcome = '{outcome}' THEN 1 ELSE 0 END)"
+        f" AS acct_renewals_{outcome}_{w}d"
+        for w in ap.renewal_closed_windows_days
+        for outcome in ("lost", "won")
+    )
+    renewal_window = max(ap.renewal_closed_windows_days)
     mrr_changes = ",\n       ".join(
         f"pop.mrr - COALESCE(m{w}.mrr, 0) AS acct_mrr_change_{w}d" for w in ap.mrr_change_windows_days
     )
@@ -168,14 +185,25 @@ renewals AS (
            END AS next_renewal
     FROM active_terms
 ),
+renewal_counts AS (
+    -- Term ends (renewal decisions) within the churn horizon: a month-to-month subscription meets
+    -- about three in 90 days, an annual one at most one.
+    SELECT *,
+           CASE WHEN next_renewal IS NULL THEN NULL
+                WHEN {days_between("as_of", "next_renewal")} > {horizon} THEN 0
+                ELSE 1 + FLOOR(({horizon} - {days_between("as_of", "next_renewal")}) / (term * {DAYS_PER_MONTH}))
+           END AS term_ends
+    FROM renewals
+),
 pop AS (
     SELECT r.account_id, r.as_of,
            SUM(r.mrr) AS mrr,
            COUNT(*) AS n_active,
            AVG(r.auto_renew) AS auto_renew_share,
            MAX(r.term) AS term_months,
-           MIN(r.next_renewal) AS next_renewal
-    FROM renewals r
+           MIN(r.next_renewal) AS next_renewal,
+           MAX(r.term_ends) AS term_ends_in_horizon
+    FROM renewal_counts r
     GROUP BY r.account_id, r.as_of
 ),
 p AS (
@@ -238,13 +266,44 @@ open_ro_amount AS (
     FROM open_ro r LEFT JOIN (
         SELECT opportunity_id, changed_at, amount,
                ROW_NUMBER() OVER (PARTITION BY opportunity_id ORDER BY changed_at, src_order) AS seq
-        FROM hist_amount WHERE amount IS NOT NULL
+        FROM hist WHERE amount IS NOT NULL
     ) h ON h.opportunity_id = r.opportunity_id AND h.changed_at <= r.as_of
     GROUP BY r.account_id, r.as_of, r.opportunity_id
 ),
 ropp AS (
     SELECT account_id, as_of, COUNT(*) AS acct_open_renewal_opps, SUM(amount) AS acct_open_renewal_amount
     FROM open_ro_amount GROUP BY account_id, as_of
+),
+renewal_state AS (
+    -- Stage of each open renewal deal as of T (its latest history row with a stage dated <= T).
+    SELECT p.account_id, p.as_of, o.opportunity_id,
+           MAX_BY(h.stage, h.seq) AS stage,
+           MAX(h.changed_at) AS last_change
+    FROM p JOIN open_opps o ON o.account_id = p.account_id AND o.created_at <= p.as_of
+        AND (o.closed_at IS NULL OR o.closed_at > p.as_of)
+    LEFT JOIN (
+        SELECT opportunity_id, changed_at, stage,
+               ROW_NUMBER() OVER (PARTITION BY opportunity_id ORDER BY changed_at, src_order) AS seq
+        FROM hist WHERE stage IS NOT NULL
+    ) h ON h.opportunity_id = o.opportunity_id AND h.changed_at <= p.as_of
+    WHERE o.type IN ({renewal_types})
+    GROUP BY p.account_id, p.as_of, o.opportunity_id
+),
+ren AS (
+    SELECT r.account_id, r.as_of,
+           MAX(so.stage_index) AS acct_renewal_stage_index,
+           MAX({days_between("r.last_change", "r.as_of")}) AS acct_renewal_days_since_update
+    FROM renewal_state r LEFT JOIN stage_order so ON so.stage = r.stage
+    GROUP BY r.account_id, r.as_of
+),
+ren_closed AS (
+    -- Renewal deals decided shortly before T: a lost renewal announces a churn at the term end.
+    SELECT p.account_id, p.as_of,
+           {renewal_outcomes}
+    FROM p JOIN open_opps o ON o.account_id = p.account_id AND o.closed_at <= p.as_of
+        AND o.closed_at > p.start_{renewal_window}d
+    WHERE o.type IN ({renewal_types})
+    GROUP BY p.account_id, p.as_of
 )
 SELECT pop.account_id, pop.as_of,
        CASE WHEN ac.account_id IS NOT NULL THEN ac.industry END AS acct_industry,
@@ -258,12 +317,16 @@ SELECT pop.account_id, pop.as_of,
        pop.auto_renew_share AS acct_auto_renew_share,
        pop.term_months AS acct_term_months,
        {days_between("pop.as_of", "pop.next_renewal")} AS acct_days_to_renewal,
+       pop.term_ends_in_horizon AS acct_term_ends_in_horizon,
        tix.* EXCLUDE (account_id, as_of),
        surv.* EXCLUDE (account_id, as_of),
        tch.* EXCLUDE (account_id, as_of),
        COALESCE(ropp.acct_open_renewal_opps, 0) AS acct_open_renewal_opps,
        CASE WHEN ropp.acct_open_renewal_opps > 0 THEN ropp.acct_open_renewal_amount ELSE 0 END
            AS acct_open_renewal_amount,
+       ren.acct_renewal_stage_index,
+       ren.acct_renewal_days_since_update,
+       ren_closed.* EXCLUDE (account_id, as_of),
        ac.employees AS acct_employees,
        ac.annual_revenue AS acct_annual_revenue,
        12.0 * pop.mrr AS arr
@@ -274,6 +337,8 @@ LEFT JOIN tix ON tix.account_id = pop.account_id AND tix.as_of = pop.as_of
 LEFT JOIN surv ON surv.account_id = pop.account_id AND surv.as_of = pop.as_of
 LEFT JOIN tch ON tch.account_id = pop.account_id AND tch.as_of = pop.as_of
 LEFT JOIN ropp ON ropp.account_id = pop.account_id AND ropp.as_of = pop.as_of
+LEFT JOIN ren ON ren.account_id = pop.account_id AND ren.as_of = pop.as_of
+LEFT JOIN ren_closed ON ren_closed.account_id = pop.account_id AND ren_closed.as_of = pop.as_of
 LEFT JOIN accts ac ON ac.account_id = pop.account_id AND ac.created_at <= pop.as_of
 ORDER BY pop.as_of, pop.account_id
 """
@@ -282,25 +347,39 @@ ORDER BY pop.as_of, pop.account_id
 def usage_query(params: FeatureParams) -> str:
     """SQL computing per-metric usage statistics for every (active account, as_of, metric).
 
-    Expects registered relations: usage_long, population (account_id, as_of), dates.
+    Usage is also read per 1,000 of MRR at T: the same number of active users means a healthy small
+    account and a dormant large one, so the level alone mostly measures size.
+
+    Expects registered relations: usage_long, population (account_id, as_of, mrr), dates.
     """
     w = _windows(params)
     recent, trend, baseline = w["recent"], w["trend"], w["baseline"]
-    in_trend = f"u.date > p.start_{trend}d"
+    in_trend = f"r.date > r.start_{trend}d"
+    per_kmrr = "(CASE WHEN MAX(r.mrr) > 0 THEN 1000.0 / MAX(r.mrr) END)"
+    mean_recent = f"AVG(CASE WHEN r.date > r.start_{recent}d THEN r.value END)"
+    mean_previous = f"AVG(CASE WHEN {in_trend} AND r.date <= r.start_{recent}d THEN r.value END)"
     return f"""
 WITH p AS (
-    SELECT pop.account_id, d.* FROM population pop JOIN dates d ON d.as_of = pop.as_of
+    SELECT pop.account_id, pop.mrr, d.* FROM population pop JOIN dates d ON d.as_of = pop.as_of
+),
+r AS (
+    SELECT p.*, u.metric, u.date, u.value,
+           MAX(u.date) OVER (PARTITION BY p.account_id, p.as_of, u.metric) AS last_date
+    FROM p JOIN usage_long u ON u.account_id = p.account_id AND u.date <= p.as_of
+        AND u.date > p.start_{max(trend, baseline)}d
 )
-SELECT p.account_id, p.as_of, u.metric,
-       AVG(CASE WHEN u.date > p.start_{recent}d THEN u.value END) AS mean_recent,
-       AVG(CASE WHEN {in_trend} AND u.date <= p.start_{recent}d THEN u.value END) AS mean_previous,
-       AVG(CASE WHEN u.date > p.start_{baseline}d AND u.date <= p.start_{recent}d THEN u.value END) AS mean_baseline,
-       REGR_SLOPE(CASE WHEN {in_trend} THEN u.value END,
-                  CASE WHEN {in_trend} THEN {days_between(f"p.start_{trend}d", "u.date")} END) AS slope,
-       MIN({days_between("u.date", "p.as_of")}) AS days_since
-FROM p JOIN usage_long u ON u.account_id = p.account_id AND u.date <= p.as_of
-    AND u.date > p.start_{max(trend, baseline)}d
-GROUP BY p.account_id, p.as_of, u.metric
+SELECT r.account_id, r.as_of, r.metric,
+       {mean_recent} AS mean_recent,
+       {mean_previous} AS mean_previous,
+       AVG(CASE WHEN r.date > r.start_{baseline}d AND r.date <= r.start_{recent}d THEN r.value END) AS mean_baseline,
+       REGR_SLOPE(CASE WHEN {in_trend} THEN r.value END,
+                  CASE WHEN {in_trend} THEN {days_between(f"r.start_{trend}d", "r.date")} END) AS slope,
+       MIN({days_between("r.date", "r.as_of")}) AS days_since,
+       {mean_recent} * {per_kmrr} AS recent_per_kmrr,
+       {mean_previous} * {per_kmrr} AS previous_per_kmrr,
+       AVG(CASE WHEN r.date = r.last_date THEN r.value END) * {per_kmrr} AS last_per_kmrr
+FROM r
+GROUP BY r.account_id, r.as_of, r.metric
 """
 
 
@@ -312,12 +391,21 @@ def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeaturePar
     stats["trend"] = (stats["mean_recent"] / stats["mean_previous"] - 1.0).where(ratio_ok)
     base_ok = stats["mean_baseline"] > 0
     stats["drop"] = (1.0 - stats["mean_recent"] / stats["mean_baseline"]).where(base_ok)
+    # Intensity per user (events per active user...): how much each user does, whatever the size.
+    users = stats.loc[stats["metric"] == ap.usage_users_metric, ["account_id", "as_of", "mean_recent"]]
+    users = stats[["account_id", "as_of"]].merge(users, on=["account_id", "as_of"], how="left")["mean_recent"]
+    users_ok = (users.to_numpy() > 0) & (stats["metric"] != ap.usage_users_metric).to_numpy()
+    stats["per_user"] = (stats["mean_recent"] / users.to_numpy()).where(users_ok)
     names = {
         "mean_recent": f"mean_{ap.usage_recent_days}d",
         "mean_previous": f"mean_prev{ap.usage_previous_days}d",
         "trend": f"trend_{w['trend']}d",
         "slope": f"slope_{w['trend']}d",
         "drop": "drop_vs_baseline",
+        "recent_per_kmrr": f"per_kmrr_{ap.usage_recent_days}d",
+        "previous_per_kmrr": f"per_kmrr_prev{ap.usage_previous_days}d",
+        "last_per_kmrr": "last_per_kmrr",
+        "per_user": f"per_user_{ap.usage_recent_days}d",
     }
     wide = stats.pivot(index=["account_id", "as_of"], columns="metric", values=list(names))
     columns = {}
@@ -359,14 +447,18 @@ def build_account_features(
             *ap.mrr_change_windows_days,
             *ap.ticket_windows_days,
             *ap.touch_windows_days,
+            *ap.renewal_closed_windows_days,
             *windows.values(),
             max(windows["trend"], windows["baseline"]),
         },
     )
     surveys = shaped_table(tables, "surveys", SURVEY_COLUMNS)
     surveys["src_order"] = range(len(surveys))
-    history = shaped_table(tables, "opportunity_history", HISTORY_AMOUNT_COLUMNS)
+    history = shaped_table(tables, "opportunity_history", HISTORY_COLUMNS)
     history["src_order"] = range(len(history))
+    stage_order = pd.DataFrame(
+        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
+    )
     long, metrics = usage_long(tables)
     frames = {
         "subs": shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS),
@@ -374,7 +466,8 @@ def build_account_features(
         "surveys": surveys,
         "touches": shaped_table(tables, "activities", TOUCH_COLUMNS),
         "open_opps": shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS),
-        "hist_amount": history,
+        "hist": history,
+        "stage_order": stage_order,
         "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
         "dates": dates,
     }
@@ -382,12 +475,16 @@ def build_account_features(
     with registered(frames) as con:
         base = con.execute(account_query(params)).df()
     if metrics:
-        usage_frames = {"usage_long": long, "population": base[["account_id", "as_of"]], "dates": dates}
+        population = base[["account_id", "as_of", "acct_mrr"]].rename(columns={"acct_mrr": "mrr"})
+        usage_frames = {"usage_long": long, "population": population, "dates": dates}
         with registered(usage_frames) as con:
             usage_stats = con.execute(usage_query(params)).df()
     base = finish_frame(base, ["account_id", *CATEGORICAL_OUTPUT])
     count_columns = [f"acct_tickets_{w}d" for w in ap.ticket_windows_days] + ["acct_tickets_open_at_asof"]
     count_columns += [f"acct_touches_{w}d" for w in ap.touch_windows_days]
+    count_columns += [
+        f"acct_renewals_{outcome}_{w}d" for w in ap.renewal_closed_windows_days for outcome in ("lost", "won")
+    ]
     base[count_columns] = base[count_columns].fillna(0.0)
     if usage_stats is not None:
         usage_stats["as_of"] = pd.to_datetime(usage_stats["as_of"]).astype("datetime64[ns]")

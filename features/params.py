@@ -32,6 +32,9 @@ class AccountParams:
     usage_baseline_days: int = 180
     high_priorities: tuple[str, ...] = ("high", "urgent", "critical", "p1")
     open_opportunity_types: tuple[str, ...] = ("renewal", "expansion")
+    renewal_opportunity_types: tuple[str, ...] = ("renewal",)
+    renewal_closed_windows_days: tuple[int, ...] = (60,)
+    usage_users_metric: str = "active_users"
 
 
 @dataclass(frozen=True)

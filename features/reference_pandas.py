@@ -266,7 +266,7 @@ def _next_renewals(active: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
 
 
 def _usage_stats(
-    usage: pd.DataFrame, accounts: pd.Index, as_of: pd.Timestamp, params: FeatureParams
+    usage: pd.DataFrame, mrr: pd.Series, as_of: pd.Timestamp, params: FeatureParams
 ) -> pd.DataFrame:
     ap = params.account
     recent = ap.usage_recent_days
@@ -277,7 +277,7 @@ def _usage_stats(
     start_baseline = as_of - pd.Timedelta(days=baseline)
     window_start = as_of - pd.Timedelta(days=max(trend, baseline))
     rows = usage[
-        usage["account_id"].isin(accounts) & (usage["date"] <= as_of) & (usage["date"] > window_start)
+        usage["account_id"].isin(mrr.index) & (usage["date"] <= as_of) & (usage["date"] > window_start)
     ].copy()
     rows["x"] = _days(pd.Series(start_trend, index=rows.index), rows["date"])
     keys = ["account_id", "metric"]
@@ -307,6 +307,15 @@ def _usage_stats(
     in_trend["sxx"] = in_trend["dx"] ** 2
     sums = in_trend.groupby(keys)[["sxy", "sxx"]].sum()
     stats["slope"] = (sums["sxy"] / sums["sxx"]).where(sums["sxx"] > 0)
+    last_date = grouped["date"].transform("max")
+    stats["mean_last"] = (
+        rows["value"].where(rows["date"] == last_date).groupby([rows[k] for k in keys]).mean()
+    )
+    account_mrr = mrr.reindex(stats.index.get_level_values("account_id")).to_numpy()
+    per_kmrr = np.where(account_mrr > 0, 1000.0 / np.where(account_mrr > 0, account_mrr, 1.0), np.nan)
+    stats["recent_per_kmrr"] = stats["mean_recent"] * per_kmrr
+    stats["previous_per_kmrr"] = stats["mean_previous"] * per_kmrr
+    stats["last_per_kmrr"] = stats.pop("mean_last") * per_kmrr
     stats = stats.reset_index()
     stats["as_of"] = as_of
     return stats
@@ -332,7 +341,7 @@ def reference_account_features(
     )
     from features.account import (
         DAYS_PER_MONTH,
-        HISTORY_AMOUNT_COLUMNS,
+        HISTORY_COLUMNS,
         OPEN_OPP_COLUMNS,
         SUBSCRIPTION_COLUMNS,
         SURVEY_COLUMNS,
@@ -354,9 +363,13 @@ def reference_account_features(
     surveys["prev_score"] = surveys.groupby(["account_id", "kind"])["score"].shift()
     touches = shaped_table(tables, "activities", TOUCH_COLUMNS)
     open_opps = shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS)
-    history = shaped_table(tables, "opportunity_history", HISTORY_AMOUNT_COLUMNS)
+    history = shaped_table(tables, "opportunity_history", HISTORY_COLUMNS)
     history["src_order"] = range(len(history))
-    history = history[history["amount"].notna()].sort_values(["opportunity_id", "changed_at", "src_order"])
+    history = history.sort_values(["opportunity_id", "changed_at", "src_order"])
+    stage_rows = history[history["stage"].notna()]
+    history = history[history["amount"].notna()]
+    stage_index = {stage: float(i) for i, stage in enumerate(params.stage_order)}
+    horizon = float(params.labels.churn_horizon_days)
     accounts = shaped_table(tables, "accounts", ACCT_COLUMNS)
     long, metrics = usage_long(tables)
     frames, usage_frames = [], []
@@ -370,6 +383,13 @@ def reference_account_features(
         term = active["term_months"].fillna(active["account_id"].map(inferred))
         active["term"] = term.where(term >= 1).round()
         active["next_renewal"] = _next_renewals(active, ts)
+        to_renewal = _days(pd.Series(ts, index=active.index), active["next_renewal"])
+        active["term_ends"] = np.where(
+            to_renewal > horizon,
+            0.0,
+            1.0 + np.floor((horizon - to_renewal) / (active["term"] * DAYS_PER_MONTH)),
+        )
+        active.loc[to_renewal.isna(), "term_ends"] = np.nan
         by = active.groupby("account_id")
         out = pd.DataFrame({"acct_mrr": by["mrr"].sum(min_count=1)})
         out.index.name = "account_id"
@@ -392,6 +412,7 @@ def reference_account_features(
         out["acct_auto_renew_share"] = by["auto_renew"].mean()
         out["acct_term_months"] = by["term"].max()
         out["acct_days_to_renewal"] = _days(pd.Series(ts, index=out.index), by["next_renewal"].min())
+        out["acct_term_ends_in_horizon"] = by["term_ends"].max()
         seen = tickets[(tickets["opened_at"] <= ts) & tickets["account_id"].isin(out.index)]
         tg = seen.groupby("account_id")
         for window in ap.ticket_windows_days:
@@ -452,12 +473,36 @@ def reference_account_features(
         out["acct_open_renewal_opps"] = ro.groupby("account_id").size().reindex(out.index).fillna(0)
         summed = ro_amount.groupby(ro["account_id"]).sum(min_count=1).reindex(out.index)
         out["acct_open_renewal_amount"] = summed.where(out["acct_open_renewal_opps"] > 0, 0.0)
+        renewal_deals = open_opps[
+            open_opps["type"].isin(ap.renewal_opportunity_types) & open_opps["account_id"].isin(out.index)
+        ]
+        open_renewals = renewal_deals[
+            (renewal_deals["created_at"] <= ts) & ~(renewal_deals["closed_at"] <= ts)
+        ]
+        latest = stage_rows[stage_rows["changed_at"] <= ts].groupby("opportunity_id").tail(1)
+        latest = latest.set_index("opportunity_id").reindex(open_renewals["opportunity_id"])
+        out["acct_renewal_stage_index"] = (
+            latest["stage"].map(stage_index).groupby(open_renewals["account_id"].values).max()
+        )
+        out["acct_renewal_days_since_update"] = (
+            _days(latest["changed_at"], ts).groupby(open_renewals["account_id"].values).max()
+        )
+        for window in ap.renewal_closed_windows_days:
+            decided = renewal_deals[
+                (renewal_deals["closed_at"] <= ts)
+                & (renewal_deals["closed_at"] > ts - pd.Timedelta(days=window))
+            ]
+            for outcome in ("lost", "won"):
+                hit = decided["outcome"] == outcome
+                out[f"acct_renewals_{outcome}_{window}d"] = (
+                    hit.groupby(decided["account_id"]).sum().reindex(out.index).fillna(0)
+                )
         out["acct_employees"] = acct["employees"]
         out["acct_annual_revenue"] = acct["annual_revenue"]
         out["arr"] = 12.0 * out["acct_mrr"]
         frames.append(out.reset_index())
         if metrics:
-            usage_frames.append(_usage_stats(long, out.index, ts, params))
+            usage_frames.append(_usage_stats(long, out["acct_mrr"], ts, params))
     result = pd.concat(frames, ignore_index=True)
     if metrics:
         stats = pd.concat(usage_frames, ignore_index=True)

@@ -160,3 +160,83 @@ def test_tickets_surveys_touches_and_open_renewals():
     assert row["acct_days_since_nps"] == 60.0 and row["acct_csat_latest"] == 4.0
     assert row["acct_touches_30d"] == 1.0 and row["acct_days_since_touch"] == 10.0
     assert row["acct_open_renewal_opps"] == 1.0 and row["acct_open_renewal_amount"] == 6000.0
+
+
+def test_term_ends_within_the_churn_horizon():
+    """Annual terms meet at most one renewal decision in 90 days; month-to-month ones about three."""
+    tables = _story("period")
+    monthly = canonicalize(
+        {
+            "subscriptions": pd.DataFrame(
+                {
+                    "subscription_id": ["m-1"],
+                    "account_id": ["C"],
+                    "start_date": ["2022-05-10"],
+                    "end_date": [None],
+                    "mrr": [90.0],
+                    "auto_renew": [1.0],
+                    "term_months": [1.0],
+                }
+            )
+        }
+    )["subscriptions"]
+    tables["subscriptions"] = pd.concat([tables["subscriptions"], monthly], ignore_index=True)
+    feats = build_account_features(tables, DATES).set_index(["account_id", "as_of"])
+    # A renews on 2024-01-01: 12 days after 2023-12-20, 305 days after 2024-03-01.
+    assert feats.loc[("A", pd.Timestamp("2023-12-20")), "acct_term_ends_in_horizon"] == 1.0
+    assert feats.loc[("A", pd.Timestamp("2024-03-01")), "acct_term_ends_in_horizon"] == 0.0
+    # C renews on the 10th of every month: 2024-03-10, 04-10 and 05-10 fall within 2024-03-01 + 90 days.
+    assert feats.loc[("C", pd.Timestamp("2024-03-01")), "acct_days_to_renewal"] == 9.0
+    assert feats.loc[("C", pd.Timestamp("2024-03-01")), "acct_term_ends_in_horizon"] == 3.0
+
+
+def test_renewal_deal_stage_and_recent_outcomes():
+    tables = _story("period")
+    t = pd.Timestamp("2023-12-20")
+    tables.update(
+        canonicalize(
+            {
+                "opportunities": pd.DataFrame(
+                    {
+                        "opportunity_id": ["r-open", "r-lost", "r-won-old", "x-exp"],
+                        "account_id": ["A", "B", "A", "A"],
+                        "created_at": ["2023-11-01", "2023-10-01", "2023-06-01", "2023-11-01"],
+                        "type": ["renewal", "renewal", "renewal", "expansion"],
+                        "closed_at": [None, "2023-12-01", "2023-09-01", "2023-12-10"],
+                        "outcome": [None, "lost", "won", "lost"],
+                    }
+                ),
+                "opportunity_history": pd.DataFrame(
+                    {
+                        "opportunity_id": ["r-open"] * 3,
+                        "changed_at": ["2023-11-01", "2023-11-20", "2024-01-05"],
+                        "stage": ["qualification", "proposal", "negotiation"],
+                        "amount": [6000.0, 6000.0, 6500.0],
+                    }
+                ),
+            }
+        )
+    )
+    feats = build_account_features(tables, [t]).set_index("account_id")
+    order = ["prospecting", "engaging", "qualification", "discovery", "demo", "proposal"]
+    # Stage as of T is 'proposal' (entered 30 days before T); 'negotiation' comes after T.
+    assert feats.loc["A", "acct_renewal_stage_index"] == float(order.index("proposal"))
+    assert feats.loc["A", "acct_renewal_days_since_update"] == 30.0
+    assert feats.loc["B", "acct_renewals_lost_60d"] == 1.0  # lost 19 days before T
+    assert np.isnan(feats.loc["B", "acct_renewal_stage_index"])  # no open renewal deal
+    # The won renewal closed 110 days before T and the lost expansion is not a renewal.
+    assert feats.loc["A", "acct_renewals_won_60d"] == 0.0 and feats.loc["A", "acct_renewals_lost_60d"] == 0.0
+
+
+def test_usage_per_mrr_and_per_user():
+    tables = _story("period")
+    t = pd.Timestamp("2023-12-20")
+    row = build_account_features(tables, [t]).set_index("account_id").loc["A"]
+    usage = tables["usage"]
+    recent = usage[(usage["date"] > t - pd.Timedelta(days=30)) & (usage["date"] <= t)]
+    # A pays 500 MRR: per 1,000 of MRR is twice the level.
+    assert row["acct_usage_active_users_per_kmrr_30d"] == pytest.approx(2 * recent["active_users"].mean())
+    last = usage.loc[usage["date"] == t, "active_users"].iloc[0]
+    assert row["acct_usage_active_users_last_per_kmrr"] == pytest.approx(2 * last)
+    assert row["acct_usage_reports_run_per_user_30d"] == pytest.approx(3.0 / recent["active_users"].mean())
+    assert np.isnan(row["acct_usage_active_users_per_user_30d"])  # users per user is not a signal

@@ -334,7 +334,38 @@ def test_metric_recorded_only_after_t_has_no_values_at_t(crm):
     usage["seats_used"] = np.where(usage["date"] > T, 5.0, np.nan)
     acct = build_account_features(changed, DATES)
     seats = [c for c in acct.columns if c.startswith("acct_usage_seats_used_")]
-    assert len(seats) == 5
+    assert len(seats) == 9
     assert acct[seats].isna().all().all()
     usage["seats_used"] = 5.0  # control: values before T do show up
     assert build_account_features(changed, DATES)["acct_usage_seats_used_mean_30d"].notna().any()
+
+
+def _renewal_deal(crm, account_id: str, closed_at: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    deal = pd.DataFrame(
+        {
+            "opportunity_id": ["o-renewal-control"],
+            "account_id": [account_id],
+            "created_at": [T - pd.Timedelta(days=40)],
+            "type": ["renewal"],
+            "closed_at": [closed_at],
+            "outcome": ["lost"],
+        }
+    )
+    changed = _copy(crm)
+    deal = deal.astype({c: crm["opportunities"][c].dtype for c in deal.columns})
+    changed["opportunities"] = pd.concat([crm["opportunities"], deal], ignore_index=True)
+    return changed
+
+
+def test_renewal_lost_before_t_counts_and_after_t_does_not(crm, baseline):
+    """A renewal deal lost before T is a churn signal at T; the same deal lost after T is invisible."""
+    account = _active_account(crm)
+    before = build_account_features(_renewal_deal(crm, account, T - pd.Timedelta(days=2)), DATES)
+    row = before.set_index(["account_id", "as_of"]).loc[(account, T)]
+    expected = baseline[1].set_index(["account_id", "as_of"]).loc[(account, T), "acct_renewals_lost_60d"] + 1
+    assert row["acct_renewals_lost_60d"] == expected
+    after = build_account_features(_renewal_deal(crm, account, T + pd.Timedelta(days=2)), DATES)
+    # Open at T instead: it counts as an open renewal deal (without a stage: it has no history).
+    changed_columns = [c for c in after.columns if not after[c].equals(baseline[1][c])]
+    assert set(changed_columns) <= {"acct_open_renewal_opps", "acct_open_renewal_amount"}
+    assert "acct_renewals_lost_60d" not in changed_columns
