@@ -613,66 +613,147 @@ def _not_yet_created(
     return means, sds, shares
 
 
-def _next_anniversaries(subs: pd.DataFrame, date: pd.Timestamp) -> pd.DataFrame:
-    """Per account with renewal-bound subscriptions active at ``date``: next yearly anniversary and MRR.
+def _add_months(dates: pd.Series, months: np.ndarray) -> pd.Series:
+    """Calendar arithmetic: each date moved by whole months (day of month clipped to the month's end)."""
+    if len(dates) == 0:
+        return dates.copy()
+    values = dates.to_numpy(dtype="datetime64[ns]")
+    days = values.astype("datetime64[D]")
+    month = values.astype("datetime64[M]")
+    day_of_month = days - month.astype("datetime64[D]")
+    target = month + np.asarray(months, dtype=np.int64)
+    month_length = (target + 1).astype("datetime64[D]") - target.astype("datetime64[D]")
+    shifted = target.astype("datetime64[D]") + np.minimum(day_of_month, month_length - np.timedelta64(1, "D"))
+    return pd.Series(
+        shifted.astype("datetime64[ns]") + (values - days.astype("datetime64[ns]")), index=dates.index
+    )
 
-    The current term's end is not visible before it happens, so the renewal moment is taken as the
-    next yearly anniversary of the earliest active line's start (lines are co-termed to it).
-    Auto-renewing lines (no renewal deal needed) and accounts whose last finished term was shorter
-    than ``_MIN_TERM_DAYS`` (monthly billing) are left out.
+
+def _term_ends(lines: pd.DataFrame) -> pd.DataFrame:
+    """Predicted end of the current term and renewal-bound MRR, per ``key``, as of each key's ``date``.
+
+    ``lines`` holds subscription rows (start_date, end_date, mrr, optional auto_renew) labelled with
+    a ``key`` and the ``date`` at which the prediction is made (one date per key). The current term's
+    end is not visible before it happens, so it is predicted from what is: the term starts with the
+    earliest active line (lines added during a term are co-termed to it) and lasts as long as the
+    longest line that had finished by the date, in whole years (one year when none had: one row per
+    contract then repeats yearly). Auto-renewing lines (no renewal deal needed) and keys whose
+    finished lines were all shorter than ``_MIN_TERM_DAYS`` (monthly billing) are left out.
+
+    Returns:
+        Frame indexed by key with ``term_end`` and ``mrr``.
     """
-    known = subs.loc[subs["start_date"] <= date]
-    active = known.loc[~(known["end_date"] <= date)]
+    known = lines.loc[lines["start_date"] <= lines["date"]]
+    finished = known["end_date"] <= known["date"]
+    active = known.loc[~finished]
     if "auto_renew" in active.columns:
         active = active.loc[~(active["auto_renew"] == 1)]
+    empty = pd.DataFrame({"term_end": pd.Series(dtype="datetime64[ns]"), "mrr": pd.Series(dtype=float)})
     if active.empty:
-        return pd.DataFrame(columns=["anniversary", "mrr"])
-    ended = known.loc[known["end_date"] <= date]
-    if len(ended):
-        last_ended = ended.sort_values("end_date").groupby("account_id").tail(1)
-        short = last_ended.loc[
-            (last_ended["end_date"] - last_ended["start_date"]).dt.days < _MIN_TERM_DAYS, "account_id"
-        ]
-        active = active.loc[~active["account_id"].isin(short)]
-    per_account = active.groupby("account_id").agg(start=("start_date", "min"), mrr=("mrr", "sum"))
-    elapsed_years = (date - per_account["start"]).dt.days / 365.25
-    per_account["anniversary"] = per_account["start"] + pd.to_timedelta(
-        (np.floor(elapsed_years) + 1) * 365.25, unit="D"
+        return empty
+    ended = known.loc[finished]
+    longest = (ended["end_date"] - ended["start_date"]).dt.days.groupby(ended["key"]).max()
+    per_key = active.groupby("key").agg(
+        start=("start_date", "min"), mrr=("mrr", "sum"), date=("date", "first")
     )
-    return per_account[["anniversary", "mrr"]]
+    longest = longest.reindex(per_key.index)
+    per_key = per_key.loc[~(longest < _MIN_TERM_DAYS).to_numpy()]
+    if per_key.empty:
+        return empty
+    longest = longest.loc[per_key.index].fillna(365.25).to_numpy()
+    term_months = (12 * np.maximum(np.round(longest / 365.25), 1)).astype(np.int64)
+    start, date = per_key["start"], per_key["date"]
+    elapsed_months = ((date.dt.year - start.dt.year) * 12 + (date.dt.month - start.dt.month)).to_numpy()
+    n_terms = np.maximum(elapsed_months // term_months, 1)
+    term_end = _add_months(start, n_terms * term_months)
+    # Step on to the first term end strictly after the date (at most a couple of steps).
+    for _ in range(4):
+        passed = (term_end <= date).to_numpy()
+        if not passed.any():
+            break
+        n_terms = n_terms + passed
+        term_end = _add_months(start, n_terms * term_months)
+    per_key["term_end"] = term_end
+    return per_key[["term_end", "mrr"]]
+
+
+def _upcoming_term_ends(subs: pd.DataFrame, date: pd.Timestamp) -> pd.DataFrame:
+    """Per account with renewal-bound subscriptions active at ``date``: predicted term end and MRR."""
+    return _term_ends(subs.assign(key=subs["account_id"], date=pd.Timestamp(date)))
 
 
 def _renewal_lead_days(subs: pd.DataFrame, opps: pd.DataFrame, date: pd.Timestamp) -> float | None:
-    """Median days between a renewal deal's creation and the anniversary it renews (deals created <= date)."""
+    """Median days between a renewal deal's creation and the end of the term it renews (deals created <= date).
+
+    Uses the term end when it is already visible at ``date`` (the earliest end after the deal's
+    creation among the account's lines active then), else the end predicted as of the deal's creation.
+    """
     renewals = opps.loc[
         opps["type"].astype(object).eq("renewal") & (opps["created_at"] <= date),
         ["opportunity_id", "account_id", "created_at"],
     ]
-    pairs = renewals.merge(subs[["account_id", "start_date", "end_date"]], on="account_id")
-    # Lines active when the deal was created (an end date is visible here only if it is <= date).
-    pairs = pairs.loc[
-        (pairs["start_date"] <= pairs["created_at"]) & ~(pairs["end_date"] <= pairs["created_at"])
-    ]
-    if pairs.empty:
+    if renewals.empty:
         return None
-    first = pairs.groupby("opportunity_id").agg(created=("created_at", "first"), start=("start_date", "min"))
-    elapsed_years = (first["created"] - first["start"]).dt.days / 365.25
-    anniversary = first["start"] + pd.to_timedelta((np.floor(elapsed_years) + 1) * 365.25, unit="D")
-    leads = (anniversary - first["created"]).dt.days
-    return float(leads.median()) if len(leads) >= 5 else None
+    pairs = renewals.merge(subs, on="account_id")
+    pairs = pairs.assign(key=pairs["opportunity_id"], date=pairs["created_at"])
+    created = renewals.set_index("opportunity_id")["created_at"]
+    after = pairs.loc[
+        (pairs["start_date"] <= pairs["created_at"]) & (pairs["end_date"] > pairs["created_at"])
+    ]
+    visible = after.groupby("key")["end_date"].min()
+    predicted = _term_ends(pairs.loc[~pairs["key"].isin(visible.index)])["term_end"]
+    ends = pd.concat([visible, predicted])
+    leads = (ends - created.reindex(ends.index)).dt.total_seconds().to_numpy() / 86400.0
+    leads = leads[leads > 0]
+    return float(np.median(leads)) if len(leads) >= _MIN_RENEWALS else None
 
 
-def _renewal_exposure(
-    subs: pd.DataFrame, date: pd.Timestamp, hi: pd.Timestamp, lead_days: float
-) -> pd.Series:
-    """MRR by account whose renewal deal is expected to be created in (date, hi): anniversary - lead."""
-    upcoming = _next_anniversaries(subs, date)
-    creation = upcoming["anniversary"] - pd.Timedelta(days=lead_days)
-    inside = (creation > date) & (creation < hi)
-    return upcoming.loc[inside, "mrr"]
+def _close_within(durations: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Empirical P(duration <= days) for each value of ``days`` (durations sorted ascending)."""
+    if len(durations) == 0:
+        return np.ones_like(days, dtype=float)
+    return np.searchsorted(durations, days, side="right") / len(durations)
+
+
+def _future_renewals(
+    subs: pd.DataFrame,
+    date: pd.Timestamp,
+    windows: list[tuple[pd.Timestamp, pd.Timestamp]],
+    lead_days: float,
+    durations: np.ndarray,
+) -> tuple[pd.Series, np.ndarray]:
+    """Renewal deals expected to be created after ``date``: MRR by account and P(closes in window k | won).
+
+    A renewal deal is expected ``lead_days`` before the predicted term end; it closes, if won, after
+    a creation-to-close duration drawn from ``durations`` (won renewal deals closed by T).
+    """
+    upcoming = _upcoming_term_ends(subs, date)
+    creation = upcoming["term_end"] - pd.Timedelta(days=lead_days)
+    upcoming = upcoming.loc[(creation > date) & (creation < windows[-1][1])]
+    creation = creation.loc[upcoming.index]
+    timing = np.zeros((len(upcoming), len(windows)))
+    for k, (lo, hi) in enumerate(windows):
+        to_hi = (hi - creation).dt.total_seconds().to_numpy() / 86400.0
+        to_lo = (lo - creation).dt.total_seconds().to_numpy() / 86400.0
+        timing[:, k] = _close_within(durations, to_hi) - np.where(
+            to_lo > 0, _close_within(durations, to_lo), 0.0
+        )
+    return upcoming["mrr"], np.clip(timing, 0.0, 1.0)
 
 
 _MIN_TERM_DAYS = 300
+_MIN_RENEWALS = 5
+
+
+@dataclass
+class _Renewals:
+    """Renewal deals not yet created at T, one row per account, simulated like open deals."""
+
+    account_id: np.ndarray
+    amount_if_won: np.ndarray
+    close_probability: np.ndarray  # (deal, period): P(won and closed inside period k)
+    win_rate: float
+    value_per_mrr: float
 
 
 def _renewals_not_yet_created(
@@ -681,57 +762,61 @@ def _renewals_not_yet_created(
     windows: list[tuple[pd.Timestamp, pd.Timestamp]],
     analogs: _Analogs,
     won_amount_by_id: pd.Series,
-    account_groups: pd.Series,
-    params: ForecastParams,
-) -> tuple[np.ndarray, np.ndarray, list[pd.Series]] | None:
-    """Renewal deals not yet created, forecast from subscription terms predicted to end in the period.
+) -> _Renewals | None:
+    """Renewal deals not yet created, forecast account by account from the subscription terms.
 
-    Revenue per unit of MRR whose term is predicted to end inside the window is learned at the analog
-    dates (renewal deals created after the analog date and won inside its window); at T it is
-    applied to the MRR predicted to end inside each period. None when there are no subscriptions,
-    no renewal deals or too little history.
+    Each account with renewal-bound lines gets a predicted term end (:func:`_upcoming_term_ends`),
+    hence a predicted renewal-deal creation date (``lead_days`` before it, learned from past renewal
+    deals) and a probability of closing inside each period if won (the empirical creation-to-close
+    durations of won renewal deals). Revenue per unit of timing-weighted MRR is learned at the analog
+    dates (renewal deals created after the analog date and won inside its window, over the
+    timing-weighted MRR predicted then), so win rate and amount-to-MRR ratio need no separate
+    assumptions; for the simulation it is split into the historical renewal win rate and the amount
+    if won. None when there are no subscriptions, too few renewal deals or too little history.
     """
     subs = view.get("subscriptions")
     opps = view["opportunities"]
     is_renewal = opps["type"].astype(object).eq("renewal").to_numpy()
-    if subs is None or subs.empty or not is_renewal.any() or len(analogs.dates) < 3:
+    if subs is None or subs.empty or is_renewal.sum() < _MIN_RENEWALS or len(analogs.dates) < 3:
+        return None
+    closed = opps.loc[is_renewal & opps["outcome"].notna().to_numpy()]
+    won = closed.loc[closed["outcome"].astype(object).eq("won")]
+    if len(won) < _MIN_RENEWALS:
         return None
     lead_days = _renewal_lead_days(subs, opps, as_of)
     if lead_days is None:
         return None
-    won_amount = opps["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy()
-    won_amount = np.where(is_renewal, won_amount, 0.0)
-    created, closed = opps["created_at"].to_numpy(), opps["closed_at"].to_numpy()
-    n_periods = len(windows)
-    means, sds, shares = np.zeros(n_periods), np.zeros(n_periods), []
-    for k, (_lo, hi) in enumerate(windows):
-        values, exposures = [], []
-        for j, date in enumerate(analogs.dates):
-            w_lo, w_hi = analogs.starts[j][k], analogs.ends[j][k]
+    durations = np.sort((won["closed_at"] - won["created_at"]).dt.total_seconds().to_numpy() / 86400.0)
+    win_rate = float(len(won) / len(closed))
+
+    won_amount = np.where(
+        is_renewal, opps["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy(), 0.0
+    )
+    created, closed_at = opps["created_at"].to_numpy(), opps["closed_at"].to_numpy()
+    value, exposure = 0.0, 0.0
+    for j, date in enumerate(analogs.dates):
+        analog_windows = list(zip(analogs.starts[j], analogs.ends[j], strict=True))
+        mrr, timing = _future_renewals(subs, date, analog_windows, lead_days, durations)
+        exposure += float((mrr.to_numpy()[:, None] * timing).sum())
+        for lo, hi in analog_windows:
             with np.errstate(invalid="ignore"):
                 mask = (
                     (created > np.datetime64(date))
-                    & (closed >= np.datetime64(w_lo))
-                    & (closed < np.datetime64(w_hi))
+                    & (closed_at >= np.datetime64(lo))
+                    & (closed_at < np.datetime64(hi))
                 )
-            values.append(won_amount[mask].sum())
-            exposures.append(_renewal_exposure(subs, date, w_hi, lead_days).sum())
-        values_arr, exposure_arr = np.array(values), np.array(exposures)
-        if exposure_arr.sum() <= 0:
-            return None
-        ratio = values_arr.sum() / exposure_arr.sum()
-        exposure_now = _renewal_exposure(subs, as_of, hi, lead_days)
-        mean = ratio * float(exposure_now.sum())
-        residual = values_arr - ratio * exposure_arr
-        # Residual spread of the analogs, scaled to the current exposure.
-        scale = float(exposure_now.sum()) / max(float(exposure_arr.mean()), 1e-9)
-        sd = max(float(np.sqrt(np.mean(residual**2))) * scale, params.nyc_min_cv * mean)
-        means[k], sds[k] = mean, sd
-        by_group = exposure_now.groupby(
-            account_groups.reindex(exposure_now.index).fillna(_UNASSIGNED).to_numpy()
-        ).sum()
-        shares.append(by_group / by_group.sum() if by_group.sum() > 0 else pd.Series(dtype=float))
-    return means, sds, shares
+            value += float(won_amount[mask].sum())
+    if exposure <= 0 or value <= 0:
+        return None
+    value_per_mrr = value / exposure
+    mrr, timing = _future_renewals(subs, as_of, windows, lead_days, durations)
+    return _Renewals(
+        account_id=mrr.index.to_numpy(),
+        amount_if_won=mrr.to_numpy() * value_per_mrr / win_rate,
+        close_probability=np.clip(win_rate * timing, 0.0, 1.0),
+        win_rate=win_rate,
+        value_per_mrr=value_per_mrr,
+    )
 
 
 def _rate_shock_sd(
@@ -834,6 +919,38 @@ def _quota(
         for g, v in value.groupby(groups.to_numpy()).sum().items():
             rows.append({"group": g, "k": k, "quota": float(v)})
     return pd.DataFrame(rows)
+
+
+def _simulate_deals(
+    amounts: np.ndarray,
+    probabilities: np.ndarray,
+    deal_group: np.ndarray,
+    n_groups: int,
+    n_sims: int,
+    rng: np.random.Generator,
+    block: int,
+) -> np.ndarray:
+    """Simulated revenue (group, period, simulation) of independent deals.
+
+    One categorical draw per deal and simulation: won inside period k with ``probabilities[:, k]``
+    (rows summing to at most 1), else not won inside the horizon. ``block`` deals at a time bound the
+    memory (block x n_sims floats).
+    """
+    n_periods = probabilities.shape[1]
+    out = np.zeros((n_groups, n_periods, n_sims))
+    cum = np.cumsum(probabilities, axis=1)
+    for lo in range(0, len(amounts), block):
+        hi = min(lo + block, len(amounts))
+        u = rng.random((hi - lo, n_sims))
+        onehot = np.zeros((n_groups, hi - lo))
+        onehot[deal_group[lo:hi], np.arange(hi - lo)] = 1.0
+        previous = np.zeros((hi - lo, 1))
+        for k in range(n_periods):
+            upper = cum[lo:hi, k : k + 1]
+            inside = (u >= previous) & (u < upper)
+            out[:, k, :] += onehot @ (inside * amounts[lo:hi, None])
+            previous = upper
+    return out
 
 
 # --------------------------------------------------------------------------- the forecast
@@ -966,7 +1083,7 @@ def forecast_revenue(
         _group_of_owner(view, account_owner, by) if len(account_owner) else pd.Series(dtype=object)
     )
     renewals = (
-        _renewals_not_yet_created(view, as_of, windows, analogs, won_amount_by_id, account_groups, params)
+        _renewals_not_yet_created(view, as_of, windows, analogs, won_amount_by_id)
         if params.renewals_from_subscriptions
         else None
     )
@@ -982,17 +1099,16 @@ def forecast_revenue(
     )
     if renewals is not None:
         notes.append(
-            "not-yet-created renewals forecast from subscription terms predicted to end in the period"
+            f"not-yet-created renewals forecast account by account from subscription terms predicted to end "
+            f"({len(renewals.account_id)} account(s); renewal win rate {renewals.win_rate:.0%})"
         )
-        r_mean, r_sd, r_shares = renewals
-        combined = []
-        for k in range(n_periods):
-            total = nyc_mean[k] + r_mean[k]
-            mix = (
-                nyc_shares[k].mul(nyc_mean[k], fill_value=0.0).add(r_shares[k].mul(r_mean[k]), fill_value=0.0)
-            )
-            combined.append(mix / total if total > 0 else mix)
-        nyc_mean, nyc_sd, nyc_shares = nyc_mean + r_mean, np.sqrt(nyc_sd**2 + r_sd**2), combined
+        renewal_groups = (
+            account_groups.reindex(renewals.account_id).fillna(_UNASSIGNED).astype(str).to_numpy()
+            if by is not None
+            else np.full(len(renewals.account_id), TOTAL, dtype=object)
+        )
+    else:
+        renewal_groups = np.array([], dtype=object)
 
     # Won to date per group in the current period.
     won_mask = (opps["closed_at"] >= windows[0][0]) & (opps["closed_at"] <= as_of)
@@ -1019,6 +1135,7 @@ def forecast_revenue(
         set(current["group"])
         | set(won_now.index)
         | {g for s in nyc_shares for g in s.index}
+        | set(renewal_groups)
         | ({TOTAL} if by is None else set())
     )
     if by is None:
@@ -1037,21 +1154,23 @@ def forecast_revenue(
     )
     amounts = current["expected_amount"].to_numpy()
     deal_g = np.array([gindex[g] for g in current["group"]], dtype=int)
-    cum = np.cumsum(r, axis=1)
-    pipe = np.zeros((n_groups, n_periods, n_sims))
-    for lo in range(0, len(current), params.deal_block):
-        hi = min(lo + params.deal_block, len(current))
-        u = rng.random((hi - lo, n_sims))
-        onehot = np.zeros((n_groups, hi - lo))
-        onehot[deal_g[lo:hi], np.arange(hi - lo)] = 1.0
-        previous = np.zeros((hi - lo, 1))
-        for k in range(n_periods):
-            upper = cum[lo:hi, k : k + 1]
-            inside = (u >= previous) & (u < upper)
-            pipe[:, k, :] += onehot @ (inside * amounts[lo:hi, None])
-            previous = upper
+    pipe = _simulate_deals(amounts, r, deal_g, n_groups, n_sims, rng, params.deal_block)
     sims += pipe * shock[None, None, :]
-    # Not yet created: total per period ~ Gamma, split over groups by historical shares.
+    # Renewal deals not yet created: simulated account by account like open deals (win and timing).
+    renewal_expected = np.zeros((len(renewal_groups), n_periods))
+    if renewals is not None and len(renewal_groups):
+        renewal_g = np.array([gindex[g] for g in renewal_groups], dtype=int)
+        sims += _simulate_deals(
+            renewals.amount_if_won,
+            renewals.close_probability,
+            renewal_g,
+            n_groups,
+            n_sims,
+            rng,
+            params.deal_block,
+        )
+        renewal_expected = renewals.close_probability * renewals.amount_if_won[:, None]
+    # Other deals not yet created: total per period ~ Gamma, split over groups by historical shares.
     for k in range(n_periods):
         if nyc_mean[k] <= 0:
             continue
@@ -1110,7 +1229,7 @@ def forecast_revenue(
             won_k = float(won_now.get(g, 0.0)) if k == 0 else 0.0
             pipe_k = float(exp_pipe[in_group, k].sum())
             share = 1.0 if by is None else float(nyc_shares[k].get(g, 0.0))
-            nyc_k = float(nyc_mean[k]) * share
+            nyc_k = float(nyc_mean[k]) * share + float(renewal_expected[renewal_groups == g, k].sum())
             weighted = amounts * q_in[:, k]
             sim = sims[gi, k]
             out_rows.append(

@@ -192,11 +192,11 @@ def test_same_seed_same_result_and_params_are_used(crm):
 
 def test_renewals_from_subscriptions_are_used_and_switchable(crm):
     with_renewals = forecast_revenue(crm, AS_OF, n_sims=N_SIMS)
-    assert any("renewals forecast from subscription" in note for note in with_renewals.notes)
+    assert any("renewals forecast account by account" in note for note in with_renewals.notes)
     without = forecast_revenue(
         crm, AS_OF, n_sims=N_SIMS, params=ForecastParams(renewals_from_subscriptions=False)
     )
-    assert not any("renewals forecast from subscription" in note for note in without.notes)
+    assert not any("renewals forecast account by account" in note for note in without.notes)
     assert (
         with_renewals.totals["not_yet_created_expected"].iloc[0]
         != without.totals["not_yet_created_expected"].iloc[0]
