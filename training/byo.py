@@ -147,6 +147,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
+#: Run artifact listing the ids of the rows the registered model was fitted on (promotion fairness).
+TRAINED_IDS_ARTIFACT = "evaluation/trained_ids.json"
+#: Held-out rows (and positives among them) a promotion comparison needs after excluding the rows
+#: the champion was fitted on.
+PROMOTION_MIN_ROWS = 100
+PROMOTION_MIN_POSITIVES = 10
+
+
 class ByoTableError(ValueError):
     """Bad input in a bring-your-own table; the message names the file, column, rows and expectation."""
 
@@ -1526,6 +1534,12 @@ def _log_and_register(
         run_name=f"byo-table-{result.evaluation}",
     )
     document = dict(logged.metrics_document)
+    trained = trained_positions(result, len(y))
+    mlflow_client().log_dict(
+        logged.run_id,
+        {"id_col": schema.id_col, "ids": [str(i) for i in parsed.ids.to_numpy()[trained]]},
+        TRAINED_IDS_ARTIFACT,
+    )
     if register and logged.model_uri:
         version = register_version(
             logged.model_uri,
@@ -1648,3 +1662,121 @@ def score_byo_table(table: Path, *, out: Path, alias: str = "champion") -> dict:
         "rejected_file": str(rejected_path) if rejected_path else None,
         "warnings": [*notes, *parsed.warnings],
     }
+
+
+# --------------------------------------------------------------------------- promotion
+
+
+def trained_positions(result: ByoEvaluation, n_rows: int) -> np.ndarray:
+    """Row positions the registered model was fitted on.
+
+    Out-of-fold evaluation refits the registered model on every row; the out-of-time one fits it on
+    the training and calibration rows, never on the test rows.
+    """
+    every = np.arange(n_rows)
+    if result.evaluation == "out_of_time":
+        return np.setdiff1d(every, result.test_positions)
+    return every
+
+
+def load_trained_ids(run_id: str, tracking_uri: str | None = None) -> set[str] | None:
+    """Ids of the rows a bring-your-own run's registered model was fitted on (None: not recorded)."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from serving.registry import tracking_uri as default_tracking_uri
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=TRAINED_IDS_ARTIFACT,
+            tracking_uri=tracking_uri or default_tracking_uri(),
+        )
+    except (MlflowException, OSError):
+        return None
+    return {str(i) for i in json.loads(Path(local).read_text())["ids"]}
+
+
+def byo_paired_comparison(
+    test_set: pd.DataFrame,
+    spec: dict[str, Any],
+    challenger: Any,
+    champion: Any,
+    *,
+    champion_trained_ids: set[str] | None,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired bootstrap of AUC, challenger minus champion, on rows neither model was fitted on.
+
+    The challenger's scores are its stored held-out predictions (out-of-fold or out-of-time), never
+    the refitted model's in-sample scores; the champion scores the same rows, minus every row whose
+    id it was fitted on (a model scoring its own training rows would look better than it is).
+
+    Args:
+        test_set: The challenger run's held-out rows (id, parsed features, label, held-out probability).
+        spec: The run's ``test_set.json`` (label column).
+        challenger: The challenger bundle (its schema names the id column).
+        champion: The champion bundle (scores the parsed features).
+        champion_trained_ids: Ids the champion was fitted on; None when its run did not record them.
+        n_boot: Bootstrap resamples.
+        seed: Bootstrap seed.
+
+    Returns:
+        ``{"metric": "auc", "delta", "lo", "hi", "n", "n_excluded"}``.
+
+    Raises:
+        ValueError: The champion's training rows are unknown, or too few held-out rows remain.
+    """
+    from training.evaluate import paired_bootstrap_delta
+
+    if champion_trained_ids is None:
+        raise ValueError("the champion's training rows are not recorded, so no fair comparison is possible")
+    id_col = challenger.state["byo_schema"]["id_col"]
+    id_col = id_col if id_col in test_set.columns else "customer_id"
+    unseen = ~test_set[id_col].astype(str).isin(champion_trained_ids).to_numpy()
+    rows = test_set[unseen]
+    labels = rows[spec["label_column"]].to_numpy(dtype=float)
+    n_pos = int(labels.sum())
+    if len(rows) < PROMOTION_MIN_ROWS or min(n_pos, len(rows) - n_pos) < PROMOTION_MIN_POSITIVES:
+        raise ValueError(
+            f"the champion was fitted on {int((~unseen).sum())} of the challenger's {len(test_set)} held-out "
+            f"rows; {len(rows)} rows ({n_pos} churned) remain, fewer than the {PROMOTION_MIN_ROWS} rows and "
+            f"{PROMOTION_MIN_POSITIVES} of each class a paired comparison needs (train the challenger on a "
+            "table with customers the champion has not seen, or use --force with a reason)"
+        )
+    delta, lo, hi = paired_bootstrap_delta(
+        labels,
+        rows["heldout_churn_probability"].to_numpy(dtype=float),
+        champion.predict(rows),
+        "auc",
+        n_boot=n_boot,
+        seed=seed,
+    )
+    return {
+        "metric": "auc",
+        "delta": delta,
+        "lo": lo,
+        "hi": hi,
+        "n": len(rows),
+        "n_excluded": int((~unseen).sum()),
+    }
+
+
+def promotion_evaluate_fn(tracking_uri: str | None = None) -> Any:
+    """The ``evaluate_fn`` of ``training.tracking.promote`` for ``churn-table`` models.
+
+    Looks up the current champion's training ids once; ``promote`` calls the returned function only
+    when a champion exists.
+    """
+    from functools import partial
+
+    from serving.registry import CHAMPION, ModelNotFoundError, model_version_by_alias
+
+    name = DEFAULT_CONFIG["registered_name"]
+    try:
+        champion = model_version_by_alias(name, CHAMPION, tracking_uri)
+    except ModelNotFoundError:
+        return partial(byo_paired_comparison, champion_trained_ids=None)
+    trained = load_trained_ids(champion.run_id, tracking_uri) if champion.run_id else None
+    return partial(byo_paired_comparison, champion_trained_ids=trained)

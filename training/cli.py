@@ -131,7 +131,7 @@ def train(
 
 @app.command("promote")
 def promote(
-    model: Annotated[str, typer.Argument(help="win, amount or churn")],
+    model: Annotated[str, typer.Argument(help="win, amount, churn or churn-table (bring-your-own table)")],
     force: Annotated[bool, typer.Option(help="Promote even if the challenger does not win.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why (recorded as a tag with --force).")] = None,
 ) -> None:

@@ -17,6 +17,8 @@ import pandas as pd
 import typer
 
 MODELS = ("win", "amount", "churn")
+#: Registered models `revcast promote` accepts: the three pipelines and the bring-your-own churn table.
+PROMOTABLE = (*MODELS, "churn-table")
 REQUIRED_TABLES = {
     "win": ("accounts", "opportunities"),
     "amount": ("accounts", "opportunities"),
@@ -293,9 +295,16 @@ def cmd_promote(model: str, force: bool, reason: str | None) -> dict[str, Any]:
     from serving.registry import ModelNotFoundError
     from training.tracking import promote
 
-    _check_model(model)
+    if model not in PROMOTABLE:
+        raise _error(f"unknown model {model!r}: expected one of {', '.join(PROMOTABLE)}")
     try:
-        result = promote(model, force=force, reason=reason)
+        evaluate_fn = None
+        if model == "churn-table":
+            # Held-out predictions of the challenger against the champion, on rows it was not fitted on.
+            from training.byo import promotion_evaluate_fn
+
+            evaluate_fn = promotion_evaluate_fn()
+        result = promote(model, force=force, reason=reason, evaluate_fn=evaluate_fn)
     except ModelNotFoundError as exc:
         raise _error(str(exc)) from exc
     outcome = result.to_dict()

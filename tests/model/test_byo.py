@@ -307,3 +307,62 @@ def test_train_register_and_score_round_trip(
     parsed = apply_schema(raw, schema)
     direct = bundle.predict(parsed.features.loc[[0, 1, 4]])
     np.testing.assert_allclose(scores["churn_probability"].iloc[[0, 1, 3]].to_numpy(), direct, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- promotion of churn-table
+
+
+def _train_table(path: Path) -> dict:
+    return train_byo_table(
+        path,
+        id_col="customerID",
+        label_col="Churn",
+        positive=None,
+        time_col=None,
+        tune=0,
+        metrics_out=None,
+        register=True,
+    )
+
+
+def test_promote_churn_table_with_the_paired_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`revcast promote churn-table`: verdict gate, force with a reason, no comparison on rows the
+    champion was fitted on, and a paired AUC interval on unseen customers."""
+    from training import byo
+    from training.cmd_model import cmd_promote
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # Three trainings: fewer folds, C values and resamples keep the test quick (the rules are the same).
+    for key, value in {"n_folds": 3, "inner_folds": 3, "logreg_Cs": (0.1, 1.0), "n_boot": 100}.items():
+        monkeypatch.setitem(byo.DEFAULT_CONFIG, key, value)
+    seen = make_churn_table(400, seed=3).drop(columns="true_p")
+    noise = seen.copy()
+    noise["Churn"] = np.random.default_rng(0).permutation(noise["Churn"].to_numpy())
+    noise = noise.drop(columns="churn_reason")  # a copy of the real label: would be refused anyway
+
+    # v1: labels carry no signal -> not ready; only a forced promotion makes it the champion.
+    junk = _train_table(_write(noise, tmp_path / "noise.csv"))
+    assert junk["verdict"] != "ready"
+    refused = cmd_promote("churn-table", force=False, reason=None)
+    assert not refused["promoted"] and any("not 'ready'" in r for r in refused["reasons"])
+    forced = cmd_promote("churn-table", force=True, reason="test: first table model")
+    assert forced["promoted"] and forced["forced"]
+
+    # v2: the same customers with real labels: the champion was fitted on every held-out row.
+    _train_table(_write(seen, tmp_path / "seen.csv"))
+    overlap = cmd_promote("churn-table", force=False, reason=None)
+    assert not overlap["promoted"] and overlap["comparison"] is None
+    assert any("fitted on 400 of the challenger's 400 held-out rows" in r for r in overlap["reasons"])
+
+    # v3: new customers: challenger held-out scores vs the champion on rows it never saw.
+    fresh = make_churn_table(400, seed=11).drop(columns="true_p")
+    document = _train_table(_write(fresh, tmp_path / "fresh.csv"))
+    result = cmd_promote("churn-table", force=False, reason=None)
+    comparison = result["comparison"]
+    assert comparison["metric"] == "auc" and comparison["n"] == 400 and comparison["n_excluded"] == 0
+    assert comparison["lo"] > 0  # a real model against a label-noise champion
+    assert any("challenger beats champion v1" in r for r in result["reasons"])
+    assert result["promoted"] == (document["verdict"] == "ready")
+    with pytest.raises(Exception, match="unknown model"):
+        cmd_promote("churn-tables", force=False, reason=None)
