@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -200,11 +201,12 @@ def _thread_cursor() -> duckdb.DuckDBPyConnection:
 
 
 @contextlib.contextmanager
-def registered(frames: Mapping[str, pd.DataFrame]) -> Iterator[duckdb.DuckDBPyConnection]:
+def registered(frames: Mapping[str, pd.DataFrame]) -> Iterator[ParsedStatementConnection]:
     """A DuckDB connection with `frames` registered under their names, for one feature build.
 
     The connection is this thread's reusable cursor; the frames are unregistered on exit so the
-    cursor holds no reference to them (and the next build cannot see them).
+    cursor holds no reference to them (and the next build cannot see them). Its `execute` parses a
+    given SQL text once per cursor (see `ParsedStatementConnection`).
 
     Args:
         frames: Relation name -> frame.
@@ -218,7 +220,7 @@ def registered(frames: Mapping[str, pd.DataFrame]) -> Iterator[duckdb.DuckDBPyCo
         for name, frame in frames.items():
             con.register(name, frame)
             names.append(name)
-        yield con
+        yield _thread_statements(con)
     except BaseException:
         _drop_thread_cursor(con)
         raise
@@ -229,6 +231,73 @@ def registered(frames: Mapping[str, pd.DataFrame]) -> Iterator[duckdb.DuckDBPyCo
         _drop_thread_cursor(con)
 
 
+# Parsed statements kept per cursor: the builders' few query texts, times the distinct feature
+# parameter sets a process uses; past this many the least recently used one is parsed again.
+_MAX_PARSED_STATEMENTS = 32
+
+
+class ParsedStatementConnection:
+    """A DuckDB connection whose `execute` parses each distinct SQL text only once.
+
+    Parsing the feature builders' large SQL texts costs about as much as running them on the
+    one-record tables of an API request. Only the parse is reused: DuckDB binds, plans and optimises
+    a statement on every execution, against the relations registered at that moment, so a cached
+    statement can never answer from the data of an earlier build. (A SQL `PREPARE`d plan is no
+    shortcut: DuckDB re-binds table-reading prepared statements on every `EXECUTE`, and a plan
+    reused across changed data would be stale.)
+
+    Everything other than `execute` is the wrapped connection's own.
+
+    Attributes:
+        connection: The wrapped DuckDB connection (a per-thread cursor).
+    """
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Wrap `connection` with an empty statement cache."""
+        self.connection = connection
+        self._statements: OrderedDict[str, duckdb.Statement] = OrderedDict()
+
+    def execute(self, query: str, parameters: Any = None) -> duckdb.DuckDBPyConnection:
+        """Run one SQL text (parsed on first use) as `DuckDBPyConnection.execute` does.
+
+        Args:
+            query: SQL text; a text holding several statements is run as given, uncached.
+            parameters: Prepared-statement parameters, as for DuckDB's `execute`.
+
+        Returns:
+            The connection, holding the result (`.df()`, `.fetchall()`, ...).
+        """
+        statement = self._statements.get(query)
+        if statement is None:
+            parsed = self.connection.extract_statements(query)
+            if len(parsed) != 1:
+                return self.connection.execute(query, parameters)
+            statement = parsed[0]
+            self._statements[query] = statement
+            if len(self._statements) > _MAX_PARSED_STATEMENTS:
+                self._statements.popitem(last=False)
+        else:
+            self._statements.move_to_end(query)
+        return self.connection.execute(statement, parameters)
+
+    def cached_statements(self) -> int:
+        """Number of SQL texts parsed and kept (for tests and diagnostics)."""
+        return len(self._statements)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes this class lacks: register, df, fetchall, sql, ...
+        return getattr(self.connection, name)
+
+
+def _thread_statements(con: duckdb.DuckDBPyConnection) -> ParsedStatementConnection:
+    """This thread's statement cache for `con` (a new one when the cursor was replaced)."""
+    cached = getattr(_thread_state, "statements", None)
+    if cached is None or cached.connection is not con:
+        cached = ParsedStatementConnection(con)
+        _thread_state.statements = cached
+    return cached
+
+
 def _drop_thread_cursor(con: duckdb.DuckDBPyConnection) -> None:
     """Forget (and close) this thread's cursor; the next build opens a new one.
 
@@ -236,6 +305,7 @@ def _drop_thread_cursor(con: duckdb.DuckDBPyConnection) -> None:
     an unfinished result, and closing it also drops whatever was still registered on it.
     """
     _thread_state.cursor = None
+    _thread_state.statements = None
     with contextlib.suppress(duckdb.Error):
         con.close()
 
