@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
@@ -275,39 +276,45 @@ def _row(model: BaseModel, columns: Mapping[str, str], **overrides: Any) -> dict
 def _frame(rows: Sequence[dict[str, Any]], columns: Mapping[str, str], keep_extra: bool) -> pd.DataFrame:
     """Rows -> DataFrame with the canonical dtype of every contract column.
 
+    Columns are converted as plain lists and the frame is built in one constructor call: per-column
+    pandas operations are the main cost on the few rows of a typical request.
+
     Args:
         rows: Table rows.
         columns: Contract column -> kind.
         keep_extra: Keep unknown columns (numeric ones become float64, as usage metrics).
     """
-    frame = pd.DataFrame(list(rows))
-    for name in columns:
-        if name not in frame.columns:
-            frame[name] = None
-    extra = [name for name in frame.columns if name not in columns]
-    frame = frame[list(columns) + (extra if keep_extra else [])].copy()
+    extra: list[str] = []
+    if keep_extra:
+        extra = list(dict.fromkeys(name for row in rows for name in row if name not in columns))
+    data: dict[str, Any] = {}
     for name, kind in columns.items():
-        values = frame[name]
+        raw = [row.get(name) for row in rows]
         if kind == _TIME:
-            frame[name] = pd.to_datetime(
-                values.map(lambda v: to_timestamp(v) if v is not None else None), errors="raise"
-            ).astype("datetime64[ns]")
+            data[name] = np.array(
+                [np.datetime64("NaT", "ns") if v is None else to_timestamp(v).asm8 for v in raw],
+                dtype="datetime64[ns]",
+            )
         elif kind in (_NUM, _BOOL):
-            frame[name] = pd.to_numeric(
-                values.map(lambda v: float(v) if v is not None else None), errors="raise"
-            ).astype("float64")
-        elif kind == _ENUM:
-            frame[name] = values.map(lambda v: _text(v, lower=True)).astype(object)
+            data[name] = _float_array(raw)
         else:
-            frame[name] = values.map(_text).astype(object)
-    for name in extra if keep_extra else []:
-        values = frame[name]
-        is_number = values.map(
-            lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool))
-        )
-        if bool(is_number.all()):
-            frame[name] = pd.to_numeric(values, errors="raise").astype("float64")
-    return frame.reset_index(drop=True)
+            lower = kind == _ENUM
+            data[name] = np.array([_text(v, lower=lower) for v in raw] or [], dtype=object)
+    for name in extra:
+        raw = [row.get(name) for row in rows]
+        if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
+            data[name] = _float_array(raw)
+        else:
+            data[name] = np.array(
+                [np.nan if v is None and name not in row else v for v, row in zip(raw, rows, strict=True)],
+                dtype=object,
+            )
+    return pd.DataFrame(data, index=pd.RangeIndex(len(rows)), columns=[*columns, *extra])
+
+
+def _float_array(values: Sequence[Any]) -> np.ndarray:
+    """float64 values, None as NaN."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
 
 
 def _text(value: Any, lower: bool = False) -> str | None:

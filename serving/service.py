@@ -183,10 +183,9 @@ def _warm_one(kind: str, model: LoadedModel, config: ServiceConfig) -> None:
     if frame.empty:
         raise RuntimeError(f"warm-up record produced no {kind} feature row")
     frame = with_model_columns(frame, model.bundle)
-    values = np.asarray(model.bundle.predict(frame), dtype=float)
+    values, _ = predict_and_explain(model.bundle, frame, config.top_k_factors)
     if not np.all(np.isfinite(values)):
         raise RuntimeError(f"warm-up prediction of the {kind} model is not finite: {values.tolist()}")
-    model.bundle.explain(frame, config.top_k_factors)
 
 
 # --------------------------------------------------------------------------- scoring (pure)
@@ -247,6 +246,61 @@ def with_model_columns(frame: pd.DataFrame, bundle: Any) -> pd.DataFrame:
     return frame.assign(**{name: np.nan for name in missing})
 
 
+# The objective line LightGBM writes for a plain binary model: its predict is sigmoid(raw margin).
+_PLAIN_BINARY_OBJECTIVE = "\nobjective=binary sigmoid:1\n"
+
+
+def predict_and_explain(
+    bundle: Any, frame: pd.DataFrame, top_k: int
+) -> tuple[np.ndarray, list[list[dict[str, Any]]]]:
+    """``(bundle.predict(frame), bundle.explain(frame, top_k))``, from one pass over the trees when possible.
+
+    ``predict`` and ``explain`` each prepare the rows and walk the trees. For a plain binary classifier
+    the TreeSHAP contributions already hold the raw margin (each row sums to ``predict_raw``, see
+    serving.bundle), and ``predict`` is ``clip(apply_calibration(calibration, sigmoid(raw)), 0, 1)``,
+    so one ``contributions`` call gives both. Any other bundle (regressors, target transforms, a
+    non-default sigmoid, linear trees) uses the bundle's own two methods. Equality with the separate
+    calls is a test (tests/serving/test_units.py).
+
+    Args:
+        bundle: A ``serving.bundle.ModelBundle``.
+        frame: Rows holding at least the bundle's feature columns.
+        top_k: Number of factors per row.
+
+    Returns:
+        Predictions (float array) and, per row, the top factors as ``ModelBundle.explain`` gives them.
+    """
+    from serving.bundle import apply_calibration, json_safe, sigmoid
+
+    one_pass = (
+        bundle.kind == "classifier"
+        and bundle.supports_contributions
+        and _PLAIN_BINARY_OBJECTIVE in bundle.model_text
+        and len(frame) > 0
+    )
+    if not one_pass:
+        return np.asarray(bundle.predict(frame), dtype=float), bundle.explain(frame, top_k)
+    contributions = bundle.contributions(frame)
+    names = bundle.feature_names
+    matrix = contributions[names].to_numpy()
+    raw = contributions.to_numpy().sum(axis=1)
+    probabilities = np.clip(apply_calibration(bundle.state.get("calibration"), sigmoid(raw)), 0.0, 1.0)
+    display = bundle.state.get("display_names") or {}
+    order = np.argsort(-np.abs(matrix), axis=1, kind="stable")[:, :top_k]
+    explanations = [
+        [
+            {
+                "feature": display.get(names[position], names[position]),
+                "value": json_safe(frame[names[position]].iloc[row_position]),
+                "contribution": float(matrix[row_position, position]),
+            }
+            for position in feature_positions
+        ]
+        for row_position, feature_positions in enumerate(order)
+    ]
+    return np.asarray(probabilities, dtype=float), explanations
+
+
 def _factors(explanations: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
     return [
         [
@@ -290,8 +344,8 @@ def score_opportunities(
     if batch.accepted:
         ids = [opp_id for _, opp_id in batch.accepted]
         frame = with_model_columns(features.loc[ids], win.bundle)
-        probabilities = np.asarray(win.bundle.predict(frame), dtype=float)
-        factors = _factors(win.bundle.explain(frame, config.top_k_factors))
+        probabilities, explanations = predict_and_explain(win.bundle, frame, config.top_k_factors)
+        factors = _factors(explanations)
         if amount_model is not None:
             amount_frame = with_model_columns(features.loc[ids], amount_model.bundle)
             amounts = np.asarray(amount_model.bundle.predict(amount_frame), dtype=float)
@@ -341,8 +395,8 @@ def score_accounts(
     if batch.accepted:
         ids = [account_id for _, account_id in batch.accepted]
         frame = with_model_columns(features.loc[ids], churn.bundle)
-        probabilities = np.asarray(churn.bundle.predict(frame), dtype=float)
-        factors = _factors(churn.bundle.explain(frame, config.top_k_factors))
+        probabilities, explanations = predict_and_explain(churn.bundle, frame, config.top_k_factors)
+        factors = _factors(explanations)
         arr = features.loc[ids, "arr"].astype(float).fillna(0.0).to_numpy()
         feature_rows = _feature_values(frame, churn.bundle.feature_names) if include_features else None
         for position, account_id in enumerate(ids):

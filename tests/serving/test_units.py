@@ -166,3 +166,81 @@ def test_load_model_set_swaps_keeps_and_reports(monkeypatch) -> None:
     third, outcome = service.load_model_set(config, previous=None, resolver=resolver)
     assert "churn" not in third.models and not third.ready(("win", "churn"))
     assert third.errors["churn"].startswith("RuntimeError")
+
+
+def _tiny_bundle(objective: str, calibration: dict | None, sigmoid: float | None = None):
+    import lightgbm as lgb
+    import numpy as np
+
+    from serving.bundle import ModelBundle, learn_categories, prepare_features
+
+    rng = np.random.default_rng(5)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "y": np.where(rng.random(n) < 0.2, np.nan, rng.normal(size=n)),
+            "stage": rng.choice(["a", "b", "c"], n).astype(object),
+        }
+    )
+    label = (frame["x"] + (frame["stage"] == "b") + rng.normal(scale=0.5, size=n) > 0.5).astype(float)
+    categories = learn_categories(frame, ["stage"])
+    names = ["x", "y", "stage"]
+    params = {"objective": objective, "num_leaves": 7, "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5}
+    if sigmoid is not None:
+        params["sigmoid"] = sigmoid
+    booster = lgb.train(
+        params,
+        lgb.Dataset(prepare_features(frame, names, categories), label=label, categorical_feature=["stage"]),
+        num_boost_round=20,
+    )
+    bundle = ModelBundle.from_booster(
+        booster,
+        model="win" if objective == "binary" else "amount",
+        kind="classifier" if objective == "binary" else "regressor",
+        feature_names=names,
+        categorical=categories,
+        calibration=calibration,
+        display_names={"x": "Plain x"},
+    )
+    rows = frame.head(7).copy()
+    rows.loc[rows.index[0], "stage"] = "unseen"
+    return bundle, rows
+
+
+@pytest.mark.parametrize(
+    ("objective", "calibration", "sigmoid"),
+    [
+        ("binary", {"method": "isotonic", "x": [0.0, 0.3, 0.6, 1.0], "y": [0.05, 0.2, 0.7, 0.9]}, None),
+        ("binary", None, None),
+        ("binary", None, 2.0),  # a non-default sigmoid: the bundle's own methods are used
+        ("regression", None, None),
+    ],
+)
+def test_predict_and_explain_equals_the_bundles_two_calls(objective, calibration, sigmoid) -> None:
+    import numpy as np
+
+    import serving.service as service
+    from serving.service import predict_and_explain
+
+    bundle, rows = _tiny_bundle(objective, calibration, sigmoid)
+    one_pass = objective == "binary" and sigmoid is None
+    assert (service._PLAIN_BINARY_OBJECTIVE in bundle.model_text) == one_pass  # both paths are tested
+    values, explanations = predict_and_explain(bundle, rows, 2)
+    np.testing.assert_allclose(values, bundle.predict(rows), rtol=0, atol=1e-12)
+    expected = bundle.explain(rows, 2)
+    assert [[f["feature"] for f in row] for row in explanations] == [
+        [f["feature"] for f in row] for row in expected
+    ]
+    assert [[f["value"] for f in row] for row in explanations] == [
+        [f["value"] for f in row] for row in expected
+    ]
+    np.testing.assert_allclose(
+        [[f["contribution"] for f in row] for row in explanations],
+        [[f["contribution"] for f in row] for row in expected],
+        rtol=0,
+        atol=1e-12,
+    )
+    # The calibrated probabilities are not the raw sigmoid: a calibration that were skipped would show.
+    if calibration is not None:
+        assert not np.allclose(values, bundle.predict_uncalibrated(rows))
