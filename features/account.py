@@ -4,7 +4,11 @@ One DuckDB query per block computes a whole series of as-of dates. An account is
 T when at least one subscription is active at T (start_date <= T and not end_date <= T). An end_date
 after T is never visible at T: renewal dates come from start_date + term (the `term_months` column when
 present, else the typical length of the account's subscriptions that had already ended by T).
-Usage features are computed for every numeric usage column, including unknown extra metrics.
+Usage features are computed for every numeric usage column, including unknown extra metrics: level,
+trend, drop against the account's own baseline, and the level per 1,000 of MRR and per active user
+(usage alone mostly measures account size). Renewal deals add the stage of the open one as of T (from
+opportunity_history) and the renewals lost / won shortly before T (closed_at <= T, like the win-rate
+track records); `acct_term_ends_in_horizon` counts the renewal decisions within the churn horizon.
 """
 
 from __future__ import annotations
