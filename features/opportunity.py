@@ -64,6 +64,7 @@ ACTIVITY_COLUMNS = {
     "type": "lstr",
     "direction": "lstr",
     "replied": "num",
+    "duration_s": "num",
 }
 ACCOUNT_COLUMNS = {
     "account_id": "str",
@@ -110,6 +111,18 @@ def history_with_current_state(
     return pd.concat([history, current], ignore_index=True)
 
 
+def reply_rate_prior(params: FeatureParams) -> dict[str, float]:
+    """Prior of the smoothed reply rate: ``smoothing.reply_rate`` (pseudo-count) and ``reply_rate_prior`` (rate).
+
+    Both are read from features/params.yaml when present (defaults: 2 pseudo-emails at 50 %).
+    """
+    smoothing = params.smoothing
+    return {
+        "strength": float(smoothing.get("reply_rate", 2.0)),
+        "rate": float(smoothing.get("reply_rate_prior", 0.5)),
+    }
+
+
 def _activity_sql(params: FeatureParams) -> str:
     windows = sorted(set(params.activity_windows_days))
     parts = []
@@ -130,7 +143,15 @@ def _activity_sql(params: FeatureParams) -> str:
         "AVG(a.replied) AS opp_reply_rate",
         "AVG(CASE WHEN a.direction IS NULL THEN NULL WHEN a.direction = 'inbound' THEN 1.0 ELSE 0.0 END)"
         " AS opp_inbound_share",
+        "SUM(a.replied) AS n_replied",
+        "COUNT(a.replied) AS n_reply_known",
     ]
+    # Mean log duration per type: engaged buyers take longer calls and demos (log: durations are skewed).
+    for activity_type in params.activity_types:
+        parts.append(
+            f"AVG(CASE WHEN a.type = '{activity_type}' AND a.duration_s > 0 THEN LN(a.duration_s) END)"
+            f" AS opp_{plural(activity_type)}_log_duration_mean"
+        )
     return ",\n        ".join(parts)
 
 
@@ -182,6 +203,7 @@ def opportunity_query(params: FeatureParams) -> str:
     Expects registered relations: opps, hist, acts, accts, dates, stage_order.
     """
     smoothing = params.smoothing
+    reply_prior = reply_rate_prior(params)
     return f"""
 WITH
 pop AS (
@@ -255,6 +277,13 @@ act AS (
     FROM pop p JOIN acts a ON a.opportunity_id = p.opportunity_id AND a.occurred_at <= p.as_of
     GROUP BY p.opportunity_id, p.as_of
 ),
+stage_act AS (
+    -- Activities since the deal entered its current stage (for the in-stage activity rate).
+    SELECT s.opportunity_id, s.as_of, COUNT(*) AS n_stage_activities
+    FROM state s JOIN acts a ON a.opportunity_id = s.opportunity_id
+        AND a.occurred_at > s.stage_entered_at AND a.occurred_at <= s.as_of
+    GROUP BY s.opportunity_id, s.as_of
+),
 closed AS (
     SELECT owner_id, account_id, product, lead_source, closed_at, outcome, won_amount
     FROM opps WHERE closed_at IS NOT NULL AND outcome IN ('won', 'lost')
@@ -289,7 +318,21 @@ SELECT p.opportunity_id, p.account_id, p.owner_id, p.as_of,
        COALESCE(s.opp_close_date_days_slipped, 0) AS opp_close_date_days_slipped,
        CASE WHEN s.close_date IS NULL THEN NULL WHEN s.close_date < p.as_of THEN 1 ELSE 0 END AS opp_close_date_past,
        CASE WHEN s.n_history > 0 THEN 1 ELSE 0 END AS opp_has_history,
-       a.* EXCLUDE (opportunity_id, as_of),
+       a.* EXCLUDE (opportunity_id, as_of, n_replied, n_reply_known),
+       -- Engagement rates normalised by exposure, log-scaled (+1 smoothing: a week-old deal with no
+       -- activity is not yet a dead one): how busy a deal is, comparable across ages.
+       LN((COALESCE(a.opp_activities_total, 0) + 1) / ({days_between("p.created_at", "p.as_of")} / 7.0 + 1))
+           AS opp_activities_per_week_log,
+       CASE WHEN s.stage_entered_at IS NOT NULL
+            THEN LN((COALESCE(sa.n_stage_activities, 0) + 1) / ({days_between("s.stage_entered_at", "p.as_of")} / 7.0 + 1))
+       END AS opp_stage_activities_per_week_log,
+       -- Reply rate shrunk towards a prior so that two emails do not make a 0 % or 100 % deal.
+       (COALESCE(a.n_replied, 0) + {reply_prior["strength"]} * {reply_prior["rate"]})
+           / (COALESCE(a.n_reply_known, 0) + {reply_prior["strength"]}) AS opp_reply_rate_smoothed,
+       -- Velocity: days of deal age per stage reached (slow deals are weak deals).
+       CASE WHEN s.n_history > 0
+            THEN {days_between("p.created_at", "p.as_of")} / (COALESCE(s.opp_stage_changes, 0) + 1)
+       END AS opp_days_per_stage,
        {_smoothed("prod", smoothing.get("product", 20.0))} AS opp_product_win_rate_prior,
        {_smoothed("src", smoothing.get("lead_source", 20.0))} AS opp_lead_source_win_rate_prior,
        CASE WHEN p.owner_id IS NOT NULL THEN {_smoothed("rep", smoothing.get("rep", 10.0))} END AS rep_win_rate_closed,
@@ -307,6 +350,7 @@ SELECT p.opportunity_id, p.account_id, p.owner_id, p.as_of,
 FROM pop p
 LEFT JOIN state s ON s.opportunity_id = p.opportunity_id AND s.as_of = p.as_of
 LEFT JOIN act a ON a.opportunity_id = p.opportunity_id AND a.as_of = p.as_of
+LEFT JOIN stage_act sa ON sa.opportunity_id = p.opportunity_id AND sa.as_of = p.as_of
 LEFT JOIN open_counts oc ON oc.opportunity_id = p.opportunity_id AND oc.as_of = p.as_of
 LEFT JOIN glob_tr gall ON gall.as_of = p.as_of
 LEFT JOIN rep_tr rep ON rep.k = p.owner_id AND rep.as_of = p.as_of

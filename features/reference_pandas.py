@@ -18,6 +18,7 @@ from features.opportunity import (
     OPPORTUNITY_COLUMNS,
     history_with_current_state,
     plural,
+    reply_rate_prior,
 )
 from features.params import FeatureParams, load_params
 from features.sql import AsOfArg, shaped_table, to_timestamps
@@ -98,7 +99,25 @@ def _activity_features(acts: pd.DataFrame, as_of: pd.Timestamp, params: FeatureP
     out["opp_reply_rate"] = grouped["replied"].mean()
     inbound = (visible["direction"] == "inbound").astype(float).where(visible["direction"].notna())
     out["opp_inbound_share"] = inbound.groupby(visible["opportunity_id"]).mean()
+    out["n_replied"] = grouped["replied"].sum()
+    out["n_reply_known"] = grouped["replied"].count()
+    for activity_type in params.activity_types:
+        timed = visible[(visible["type"] == activity_type) & (visible["duration_s"] > 0)]
+        out[f"opp_{plural(activity_type)}_log_duration_mean"] = (
+            np.log(timed["duration_s"].astype(float)).groupby(timed["opportunity_id"]).mean()
+        )
     return out
+
+
+def _stage_activity_counts(acts: pd.DataFrame, frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
+    """Activities of each deal after it entered its current stage, up to as_of (NaN: entry unknown)."""
+    entered = frame.set_index("opportunity_id")["stage_entered_at"]
+    visible = acts[acts["opportunity_id"].isin(entered.index) & (acts["occurred_at"] <= as_of)]
+    after = visible["occurred_at"] > visible["opportunity_id"].map(entered)
+    counts = after.groupby(visible["opportunity_id"]).sum()
+    result = counts.reindex(frame["opportunity_id"].values).fillna(0.0)
+    result.index = frame.index
+    return result.where(frame["stage_entered_at"].notna())
 
 
 def _one_date(
@@ -154,7 +173,20 @@ def _one_date(
     )
     out["opp_has_history"] = (frame["n_history"].fillna(0) > 0).astype(float)
     for col in act.columns:
-        out[col] = frame[col]
+        if col not in ("n_replied", "n_reply_known"):
+            out[col] = frame[col]
+    weeks = out["opp_age_days"] / 7.0
+    n_total = frame["opp_activities_total"].fillna(0)
+    out["opp_activities_per_week_log"] = np.log((n_total + 1) / (weeks + 1))
+    n_stage = _stage_activity_counts(acts, frame, as_of)
+    out["opp_stage_activities_per_week_log"] = np.log((n_stage + 1) / (out["opp_days_in_stage"] / 7.0 + 1))
+    prior = reply_rate_prior(params)
+    out["opp_reply_rate_smoothed"] = (frame["n_replied"].fillna(0) + prior["strength"] * prior["rate"]) / (
+        frame["n_reply_known"].fillna(0) + prior["strength"]
+    )
+    out["opp_days_per_stage"] = (out["opp_age_days"] / (out["opp_stage_changes"] + 1)).where(
+        frame["n_history"].fillna(0) > 0
+    )
     # Track records from deals closed at or before T.
     closed = opps[(opps["closed_at"] <= as_of) & opps["outcome"].isin(["won", "lost"])].copy()
     closed["won"] = (closed["outcome"] == "won").astype(float)

@@ -86,6 +86,7 @@ def _story() -> dict[str, pd.DataFrame]:
             "type": ["meeting", "email", "call", "email", "meeting", "meeting"],
             "direction": ["outbound", "outbound", "inbound", "inbound", "inbound", "inbound"],
             "replied": [np.nan, 1.0, np.nan, 0.0, np.nan, np.nan],
+            "duration_s": [1800.0, np.nan, 600.0, np.nan, 99999.0, np.nan],
         }
     )
     accounts = pd.DataFrame(
@@ -130,6 +131,21 @@ def test_activities(d1):
     assert d1["opp_calls_7d"] == 1.0 and d1["opp_activities_total"] == 4.0
     assert d1["opp_days_since_activity"] == 2.0 and d1["opp_days_since_meeting"] == 87.0
     assert d1["opp_reply_rate"] == 0.5 and d1["opp_inbound_share"] == 0.5
+
+
+def test_engagement_rates(d1):
+    # 4 activities by T over 91 days of age; 3 of them after the demo stage was entered (2024-02-10).
+    assert d1["opp_activities_per_week_log"] == pytest.approx(np.log(5 / (91 / 7 + 1)))
+    assert d1["opp_days_in_stage"] == 51.0
+    assert d1["opp_stage_activities_per_week_log"] == pytest.approx(np.log(4 / (51 / 7 + 1)))
+    smoothing = load_params().smoothing
+    k, prior = smoothing["reply_rate"], smoothing["reply_rate_prior"]
+    assert d1["opp_reply_rate_smoothed"] == pytest.approx((1 + k * prior) / (2 + k))  # 1 reply of 2 known
+    assert d1["opp_days_per_stage"] == pytest.approx(91 / 3)  # two stage changes: three stages reached
+    # The meeting on 2024-04-02 (after T, 99999 s) must not count; emails carry no duration.
+    assert d1["opp_calls_log_duration_mean"] == pytest.approx(np.log(600.0))
+    assert d1["opp_meetings_log_duration_mean"] == pytest.approx(np.log(1800.0))
+    assert np.isnan(d1["opp_demos_log_duration_mean"])
 
 
 def test_track_records(d1):
