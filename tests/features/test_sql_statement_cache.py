@@ -93,17 +93,21 @@ def test_a_failed_build_leaves_no_cache_behind() -> None:
         assert con.execute("SELECT x FROM t").fetchall() == [(3.0,)]
 
 
-def test_small_builds_run_on_one_duckdb_thread_and_give_the_same_features(monkeypatch) -> None:
+def test_small_builds_run_on_one_duckdb_thread_without_optimizer_and_give_the_same_features(
+    monkeypatch,
+) -> None:
     tables = make_random_crm(12, seed=13)
     as_of = ["2025-03-01", "2025-09-01"]
+    settings = "SELECT current_setting('threads'), current_setting('enable_optimizer')"
     with sql.registered({"t": pd.DataFrame({"x": [1.0]})}) as con:
-        assert con.execute("SELECT current_setting('threads')").fetchall() == [(1,)]
+        assert con.execute(settings).fetchall() == [(1, False)]
     small_opps = build_opportunity_features(tables, as_of)
     small_accounts = build_account_features(tables, as_of)
     # Every build counted as big: the default database with DuckDB's own thread count.
     monkeypatch.setattr(sql, "SMALL_BUILD_ROWS", -1)
     with sql.registered({"t": pd.DataFrame({"x": [1.0]})}) as con:
-        default_threads = con.execute("SELECT current_setting('threads')").fetchall()
-    assert default_threads == duckdb.connect().execute("SELECT current_setting('threads')").fetchall()
+        big_settings = con.execute(settings).fetchall()
+    assert big_settings == duckdb.connect().execute(settings).fetchall()
+    assert big_settings[0][1] is True
     pdt.assert_frame_equal(build_opportunity_features(tables, as_of), small_opps)
     pdt.assert_frame_equal(build_account_features(tables, as_of), small_accounts)
