@@ -3,18 +3,23 @@
 Everything runs on loopback with bounded request counts:
 
 1. a synthetic CRM (tests/serving/crm.py), tiny real models registered in a real `mlflow server`;
-2. the revcast service (`bentoml serve`), `POST /v1/opportunities/score` with 1 and 100 raw records per
-   request at concurrency 1, 8 and 32: p50/p99 latency, requests/s and records/s;
+2. the revcast service (`bentoml serve`): `POST /v1/opportunities/score` with 1 and 100 raw records
+   per request and `POST /v1/accounts/churn` with 1 record, at concurrency 1, 8 and 32: p50/p99
+   latency, requests/s and records/s;
 3. the floor: the booster's own predict on prepared feature rows, in process (and, for reference,
    the whole in-process request path: records -> tables -> features -> predict -> explain);
-4. `mlflow models serve --env-manager local` on the same registered model (the models-from-code pyfunc
-   wrapper in training/pyfunc_model.py), fed the *already computed* feature rows of the same records;
-5. ratios.
+4. `mlflow models serve --env-manager local` on the same registered models (the models-from-code
+   pyfunc wrapper in training/pyfunc_model.py), fed the *already computed* feature rows of the same
+   records, one mlflow server at a time;
+5. ratios, and whether the 1-record target (>= 2x mlflow's throughput, <= half its p99) is met.
 
-Note the comparison is not like for like in revcast's disfavour: the revcast API receives raw CRM
-records and computes features (DuckDB) and explanations; the MLflow server receives ready features.
+Fairness: both servers get the same number of worker processes (``--workers``, default 1) and the same
+environment (``OMP_NUM_THREADS``, default 1); the configuration and the machine's load average are
+printed with the results. The comparison is not like for like in revcast's disfavour: the revcast API
+receives raw CRM records and computes features (DuckDB), the win *and* amount predictions and the
+explanations; the MLflow server receives ready features and predicts one model.
 
-Usage: ``.venv/bin/python benchmarks/serving.py [--requests 200] [--out results.json]``
+Usage: ``.venv/bin/python benchmarks/serving.py [--requests 200] [--max-seconds 30] [--workers 1] [--out results.json]``
 """
 
 from __future__ import annotations
@@ -96,6 +101,12 @@ def in_process(fn: Callable[[], Any], n: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+ENDPOINTS = {
+    "opportunities": {"path": "/v1/opportunities/score", "model": "win", "key": "opportunities"},
+    "accounts": {"path": "/v1/accounts/churn", "model": "churn", "key": "accounts"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -103,21 +114,44 @@ def main() -> None:
     )
     parser.add_argument("--max-seconds", type=float, default=30, help="Time cap per cell.")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Worker processes of BOTH servers (REVCAST_WORKERS, mlflow -w).",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     parser.add_argument("--skip-mlflow-serve", action="store_true")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    # Both servers get the same environment: one OpenMP thread per LightGBM call (revcast's default).
+    server_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    results: dict[str, Any] = {
+        "cells": [],
+        "configuration": {
+            "workers_each_server": args.workers,
+            "server_env": server_env,
+            "concurrency": concurrencies,
+            "requests_cap_per_cell": args.requests,
+            "max_seconds_per_cell": args.max_seconds,
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+            "revcast": "bentoml serve serving.service:RevcastService (REVCAST_WORKERS)",
+            "mlflow": "mlflow models serve --env-manager local -w <workers> (same registered bundles)",
+        },
+    }
+    print("configuration:", json.dumps(results["configuration"]), flush=True)
 
+    from features.account import build_account_features
     from features.data import load_tables
     from features.opportunity import build_opportunity_features
     from serving.config import config_from_env
-    from serving.requests import prepare_opportunities
-    from serving.service import LoadedModel, ModelSet, score_opportunities
+    from serving.requests import prepare_accounts, prepare_opportunities
+    from serving.service import LoadedModel, ModelSet, score_accounts, score_opportunities
     from tests.serving.conftest import start_mlflow_server, start_service, stop
-    from tests.serving.crm import EXPORT, opportunity_records, write_crm_csv
+    from tests.serving.crm import EXPORT, account_records, opportunity_records, write_crm_csv
     from tests.serving.models import register_bundle, train_bundle, training_frames
 
-    results: dict[str, Any] = {"cells": []}
     workdir = Path(tempfile.mkdtemp(prefix="revcast-bench-"))
     processes: list[subprocess.Popen] = []
     try:
@@ -129,55 +163,85 @@ def main() -> None:
         bundles = {kind: train_bundle(kind, frames, n_trees=100) for kind in ("win", "amount", "churn")}
         uri = mlflow_server.wait_ready()
         versions = {kind: register_bundle(bundle, kind, uri) for kind, bundle in bundles.items()}
-        server = start_service({"MLFLOW_TRACKING_URI": uri}, workdir)
+        server = start_service(
+            {"MLFLOW_TRACKING_URI": uri, "REVCAST_WORKERS": str(args.workers), **server_env}, workdir
+        )
         processes.append(server.process)
 
         opps = tables["opportunities"]
         open_ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].tolist()
-        base = opportunity_records(tables, open_ids[:100], EXPORT)
-        payloads = {n: {"as_of": EXPORT.isoformat(), "opportunities": base[:n]} for n in (1, 100)}
+        subs = tables["subscriptions"]
+        active = subs[
+            (subs["start_date"] <= EXPORT) & (subs["end_date"].isna() | (subs["end_date"] > EXPORT))
+        ]
+        account_ids = sorted(set(active["account_id"]))
+        records = {
+            "opportunities": opportunity_records(tables, open_ids[:100], EXPORT),
+            "accounts": account_records(tables, account_ids[:100], EXPORT),
+        }
+        sizes = {"opportunities": (1, 100), "accounts": (1,)}
+        payloads = {
+            (endpoint, n): {"as_of": EXPORT.isoformat(), endpoint: records[endpoint][:n]}
+            for endpoint, ns in sizes.items()
+            for n in ns
+        }
         headers = server.headers()
 
         # Features of the very same records, for the floor and for mlflow models serve.
         feature_rows = {}
-        for n, payload in payloads.items():
-            batch = prepare_opportunities(payload["opportunities"], EXPORT)
-            features = build_opportunity_features(batch.tables, EXPORT, current_state_as_of=EXPORT)
-            feature_rows[n] = features[bundles["win"].feature_names]
+        for (endpoint, n), payload in payloads.items():
+            if endpoint == "opportunities":
+                batch = prepare_opportunities(payload[endpoint], EXPORT)
+                features = build_opportunity_features(batch.tables, EXPORT, current_state_as_of=EXPORT)
+            else:
+                batch = prepare_accounts(payload[endpoint], EXPORT)
+                features = build_account_features(batch.tables, EXPORT)
+            model = bundles[ENDPOINTS[endpoint]["model"]]
+            for name in model.feature_names:  # as the service does (serving.service.with_model_columns)
+                if name not in features.columns:
+                    features[name] = np.nan
+            feature_rows[(endpoint, n)] = features[model.feature_names]
 
         config = config_from_env({})
         models = ModelSet(
-            models={"win": LoadedModel(bundles["win"], {"version": versions["win"]}),
-                    "amount": LoadedModel(bundles["amount"], {"version": versions["amount"]})},
+            models={kind: LoadedModel(bundles[kind], {"version": versions[kind]}) for kind in bundles},
             warmed=True,
-        )  # fmt: skip
-        for n in (1, 100):
-            prepared = bundles["win"].prepare(feature_rows[n])
-            booster = bundles["win"].booster
-            floor = in_process(lambda prepared=prepared, booster=booster: booster.predict(prepared), 200)
-            bundle_predict = in_process(lambda n=n: bundles["win"].predict(feature_rows[n]), 200)
-            pipeline = in_process(
-                lambda n=n: score_opportunities(
-                    models, prepare_opportunities(payloads[n]["opportunities"], EXPORT), config
-                ),
-                30,
+        )
+        scorers = {
+            "opportunities": lambda payload: score_opportunities(
+                models, prepare_opportunities(payload["opportunities"], EXPORT), config
+            ),
+            "accounts": lambda payload: score_accounts(
+                models, prepare_accounts(payload["accounts"], EXPORT), config
+            ),
+        }
+        for (endpoint, n), payload in payloads.items():
+            model = bundles[ENDPOINTS[endpoint]["model"]]
+            prepared = model.prepare(feature_rows[(endpoint, n)])
+            floor = in_process(lambda prepared=prepared, b=model.booster: b.predict(prepared), 200)
+            bundle_predict = in_process(
+                lambda key=(endpoint, n), model=model: model.predict(feature_rows[key]), 100
             )
-            results[f"floor_{n}"] = {
+            pipeline = in_process(lambda payload=payload, endpoint=endpoint: scorers[endpoint](payload), 30)
+            results[f"floor_{endpoint}_{n}"] = {
                 "booster_predict": floor,
                 "bundle_predict": bundle_predict,
                 "in_process_request_path": pipeline,
             }
-            print(json.dumps({"floor_rows": n, **results[f"floor_{n}"]}), flush=True)
+            print(json.dumps({"floor": endpoint, "rows": n, **results[f"floor_{endpoint}_{n}"]}), flush=True)
 
         print("revcast service ...", flush=True)
-        for n in (1, 100):
+        for (endpoint, n), payload in payloads.items():
             for concurrency in concurrencies:
                 cell = load(
-                    lambda client, n=n: client.post("/v1/opportunities/score", json=payloads[n], headers=headers),
+                    lambda client, payload=payload, path=ENDPOINTS[endpoint]["path"]: client.post(
+                        path, json=payload, headers=headers
+                    ),
                     server.url, concurrency, args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
                 )  # fmt: skip
                 cell.update(
                     server="revcast",
+                    endpoint=endpoint,
                     records_per_request=n,
                     concurrency=concurrency,
                     records_per_s=cell["rps"] * n,
@@ -186,17 +250,23 @@ def main() -> None:
                 print(json.dumps(cell), flush=True)
 
         if not args.skip_mlflow_serve:
-            try:
-                mlflow_cells(
-                    args, versions["win"], uri, feature_rows, concurrencies, workdir, processes, results
-                )
-            except Exception as exc:  # still report what was measured
-                results["mlflow_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
-                print(f"mlflow models serve failed: {results['mlflow_error']}", flush=True)
+            for endpoint in sizes:
+                try:
+                    mlflow_cells(
+                        args, endpoint, versions[ENDPOINTS[endpoint]["model"]], uri,
+                        {n: feature_rows[(endpoint, n)] for n in sizes[endpoint]},
+                        concurrencies, workdir, processes, results, server_env,
+                    )  # fmt: skip
+                except Exception as exc:  # still report what was measured
+                    results.setdefault("mlflow_error", {})[endpoint] = (
+                        f"{type(exc).__name__}: {str(exc)[:500]}"
+                    )
+                    print(f"mlflow models serve failed: {results['mlflow_error'][endpoint]}", flush=True)
     finally:
         for process in reversed(processes):
             stop(process)
 
+    results["configuration"]["load_average_at_end"] = list(os.getloadavg())
     print_report(results)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
@@ -204,6 +274,7 @@ def main() -> None:
 
 def mlflow_cells(
     args: argparse.Namespace,
+    endpoint: str,
     version: str,
     uri: str,
     feature_rows: dict[int, pd.DataFrame],
@@ -211,73 +282,94 @@ def mlflow_cells(
     workdir: Path,
     processes: list[subprocess.Popen],
     results: dict[str, Any],
+    server_env: dict[str, str],
 ) -> None:
     """Measure `mlflow models serve --env-manager local` on the same model and the same records' features."""
-    from tests.serving.conftest import BIN, free_port, wait_for
+    from tests.serving.conftest import BIN, free_port, stop, wait_for
 
-    print("mlflow models serve ...", flush=True)
+    model = ENDPOINTS[endpoint]["model"]
+    print(f"mlflow models serve (revcast-{model}) ...", flush=True)
     port = free_port()
-    log = workdir / "mlflow-serve.log"
+    log = workdir / f"mlflow-serve-{model}.log"
     # mlflow execs `uvicorn` by name: the venv's bin directory must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        **server_env,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with open(log, "wb") as out:
         serve_proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/revcast-win/{version}",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+            [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/revcast-{model}/{version}",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(args.workers)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     processes.append(serve_proc)
-    wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
-    bodies = {
-        n: {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
-        for n, frame in feature_rows.items()
-    }
-    for n in (1, 100):
-        for concurrency in concurrencies:
-            cell = load(
-                lambda client, n=n: client.post("/invocations", json=bodies[n]),
-                f"http://127.0.0.1:{port}", concurrency,
-                args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
-            )  # fmt: skip
-            cell.update(
-                server="mlflow", records_per_request=n, concurrency=concurrency, records_per_s=cell["rps"] * n
-            )
-            results["cells"].append(cell)
-            print(json.dumps(cell), flush=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
+        bodies = {
+            n: {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+            for n, frame in feature_rows.items()
+        }
+        for n in feature_rows:
+            for concurrency in concurrencies:
+                cell = load(
+                    lambda client, n=n: client.post("/invocations", json=bodies[n]),
+                    f"http://127.0.0.1:{port}", concurrency,
+                    args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
+                )  # fmt: skip
+                cell.update(
+                    server="mlflow",
+                    endpoint=endpoint,
+                    records_per_request=n,
+                    concurrency=concurrency,
+                    records_per_s=cell["rps"] * n,
+                )
+                results["cells"].append(cell)
+                print(json.dumps(cell), flush=True)
+    finally:
+        stop(serve_proc)  # one mlflow server at a time: they would compete for the same cores
 
 
 def print_report(results: dict[str, Any]) -> None:
     """A table of every cell plus the ratios to the floor and to mlflow models serve."""
+    print("\nconfiguration:", json.dumps(results["configuration"]))
     print("\nfloor (in process, p50 ms):")
-    for n in (1, 100):
-        floor = results[f"floor_{n}"]
+    for key, floor in results.items():
+        if not key.startswith("floor_"):
+            continue
         print(
-            f"  {n:>3} rows: booster.predict {floor['booster_predict']['p50_ms']:.3f}, "
+            f"  {key.removeprefix('floor_'):>16}: booster.predict {floor['booster_predict']['p50_ms']:.3f}, "
             f"bundle.predict {floor['bundle_predict']['p50_ms']:.3f}, "
             f"whole request path {floor['in_process_request_path']['p50_ms']:.1f}"
         )
+    if not results["cells"]:
+        return
     cells = pd.DataFrame(results["cells"])
     print("\nHTTP on loopback:")
+    columns = ["server", "endpoint", "records_per_request", "concurrency", "n", "p50_ms", "p99_ms", "rps"]
+    print(cells[[*columns, "records_per_s"]].round(2).to_string(index=False))
     print(
-        cells[
-            ["server", "records_per_request", "concurrency", "n", "p50_ms", "p99_ms", "rps", "records_per_s"]
-        ]
-        .round(2)
-        .to_string(index=False)
+        "\nratios (p50 / floor = revcast p50 / in-process booster.predict p50; vs mlflow: revcast / mlflow;"
+        " target on 1-record requests: rps >= 2 and p99 <= 0.5):"
     )
-    revcast = cells[cells["server"] == "revcast"].set_index(["records_per_request", "concurrency"])
-    print("\nratios (revcast p50 / floor booster p50; revcast / mlflow p50 and throughput):")
-    for (n, concurrency), row in revcast.iterrows():
-        floor = results[f"floor_{n}"]["booster_predict"]["p50_ms"]
-        line = f"  {n:>3} rec x c{concurrency:<2}: p50 / floor = {row['p50_ms'] / floor:,.0f}x"
+    revcast = cells[cells["server"] == "revcast"]
+    for _, row in revcast.iterrows():
+        n, concurrency, endpoint = row["records_per_request"], row["concurrency"], row["endpoint"]
+        floor = results[f"floor_{endpoint}_{n}"]["booster_predict"]["p50_ms"]
+        line = f"  {endpoint:>13} {n:>3} rec x c{concurrency:<2}: p50 / floor = {row['p50_ms'] / floor:,.0f}x"
         mlflow = cells[
             (cells["server"] == "mlflow")
+            & (cells["endpoint"] == endpoint)
             & (cells["records_per_request"] == n)
             & (cells["concurrency"] == concurrency)
         ]
         if not mlflow.empty:
             m = mlflow.iloc[0]
-            line += f"; p50 revcast/mlflow = {row['p50_ms'] / m['p50_ms']:.2f}; rps revcast/mlflow = {row['rps'] / m['rps']:.2f}"
+            rps_ratio, p99_ratio = row["rps"] / m["rps"], row["p99_ms"] / m["p99_ms"]
+            line += f"; rps {rps_ratio:.2f}; p99 {p99_ratio:.2f}; p50 {row['p50_ms'] / m['p50_ms']:.2f}"
+            if n == 1:
+                line += "  target met" if rps_ratio >= 2 and p99_ratio <= 0.5 else "  target NOT met"
         print(line)
 
 

@@ -54,6 +54,8 @@ def cmd_serve(host: str, port: int) -> None:
     # The service and the CLI must look at the same registry: pin the URI the CLI would use.
     env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # One OpenMP thread per LightGBM call (why: serving/service.py, RevcastService.__init__).
+    env.setdefault("OMP_NUM_THREADS", "1")
     config = config_from_env(env)
     if generated_token:
         typer.echo(
