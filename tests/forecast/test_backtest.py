@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 
-from training.backtest import backtest_forecast, summarize
+from training.backtest import AsOfWinModel, backtest_forecast, summarize
 
 from .crm_builder import SHARED_DATA
+from .test_forecast import AS_OF, _after_t_altered
 
 BASELINES = {"last_period", "seasonal_naive", "stage_weighted_pipeline", "auto_ets"}
 
@@ -69,3 +71,23 @@ def test_maven_monthly_backtest_reports_baselines():
     # The targets of issue 6 on real data: better than seasonal naive and the stage-weighted pipeline.
     assert ours < document["baselines"]["seasonal_naive"]["wape"]
     assert ours < document["baselines"]["stage_weighted_pipeline"]["wape"]
+
+
+def test_as_of_win_model_uses_nothing_after_t(crm):
+    model = AsOfWinModel(max_rounds=60)
+    before = model(crm, AS_OF)
+    assert model.trained_as_of_ == AS_OF and model.n_train_rows_ >= 200
+    assert len(before) > 20 and ((before > 0) & (before < 1)).all()
+    # Open at T: created by T and not closed by T.
+    opps = crm["opportunities"].set_index("opportunity_id")
+    open_at_t = opps.index[(opps["created_at"] <= AS_OF) & ~(opps["closed_at"] <= AS_OF)]
+    assert set(before.index) == set(open_at_t)
+    altered = AsOfWinModel(max_rounds=60)(_after_t_altered(crm, AS_OF), AS_OF)
+    pd.testing.assert_series_equal(before.sort_index(), altered.sort_index())
+    # Guard: outcomes known at T do move the predictions.
+    flipped = {name: frame.copy() for name, frame in crm.items()}
+    past = flipped["opportunities"]
+    known = past["closed_at"] <= AS_OF - pd.Timedelta(days=200)
+    past.loc[known, "outcome"] = past.loc[known, "outcome"].map({"won": "lost", "lost": "won"})
+    changed = AsOfWinModel(max_rounds=60)(flipped, AS_OF)
+    assert (changed.reindex(before.index) - before).abs().max() > 0.05
