@@ -37,6 +37,7 @@ class ServiceConfig:
         max_body_bytes: Largest request body accepted, in bytes.
         request_timeout_s: Time after which a request is answered 504.
         workers: Number of BentoML worker processes.
+        scoring_threads: Requests scored at the same time in one worker (the rest wait their turn).
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
         risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
         top_k_factors: Number of signed contributions returned per record.
@@ -54,6 +55,7 @@ class ServiceConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout_s: float = 60.0
     workers: int = 1
+    scoring_threads: int = 2
     grade_cuts: Mapping[str, float] = field(default_factory=lambda: {"A": 0.6, "B": 0.4, "C": 0.2})
     risk_band_cuts: Mapping[str, float] = field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
     top_k_factors: int = 5
@@ -62,6 +64,8 @@ class ServiceConfig:
         """Check the values that would otherwise fail only at request time."""
         if self.max_records < 1:
             raise ConfigError(f"max_records must be >= 1, got {self.max_records}")
+        if self.scoring_threads < 1:
+            raise ConfigError(f"scoring_threads must be >= 1, got {self.scoring_threads}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
@@ -124,7 +128,7 @@ def config_from_env(
 
     Environment variables (all optional): ``REVCAST_API_TOKEN``, ``REVCAST_MODEL_ALIAS``,
     ``MLFLOW_TRACKING_URI``, ``REVCAST_DATA_DIR``, ``REVCAST_MAX_RECORDS``, ``REVCAST_MAX_BODY_BYTES``,
-    ``REVCAST_REQUEST_TIMEOUT_S``, ``REVCAST_WORKERS``, ``REVCAST_GRADE_CUTS`` (``"0.6,0.4,0.2"``),
+    ``REVCAST_REQUEST_TIMEOUT_S``, ``REVCAST_WORKERS``, ``REVCAST_SCORING_THREADS``, ``REVCAST_GRADE_CUTS`` (``"0.6,0.4,0.2"``),
     ``REVCAST_RISK_BAND_CUTS`` (``"0.5,0.2"``), ``REVCAST_TOP_FACTORS``, ``REVCAST_REQUIRED_MODELS``
     (``"win,churn"``).
 
@@ -148,6 +152,7 @@ def config_from_env(
         "max_body_bytes": int(base.get("max_body_bytes", ServiceConfig.max_body_bytes)),
         "request_timeout_s": float(base.get("request_timeout_s", ServiceConfig.request_timeout_s)),
         "workers": int(base.get("workers", ServiceConfig.workers)),
+        "scoring_threads": int(base.get("scoring_threads", ServiceConfig.scoring_threads)),
         "grade_cuts": dict(base.get("grade_cuts", ServiceConfig().grade_cuts)),
         "risk_band_cuts": dict(base.get("risk_band_cuts", ServiceConfig().risk_band_cuts)),
         "top_k_factors": int(base.get("top_k_factors", ServiceConfig.top_k_factors)),
@@ -168,6 +173,8 @@ def config_from_env(
         values["request_timeout_s"] = _float("REVCAST_REQUEST_TIMEOUT_S", env["REVCAST_REQUEST_TIMEOUT_S"])
     if env.get("REVCAST_WORKERS"):
         values["workers"] = _int("REVCAST_WORKERS", env["REVCAST_WORKERS"])
+    if env.get("REVCAST_SCORING_THREADS"):
+        values["scoring_threads"] = _int("REVCAST_SCORING_THREADS", env["REVCAST_SCORING_THREADS"])
     if env.get("REVCAST_GRADE_CUTS"):
         values["grade_cuts"] = _parse_cuts("REVCAST_GRADE_CUTS", env["REVCAST_GRADE_CUTS"], ["A", "B", "C"])
     if env.get("REVCAST_RISK_BAND_CUTS"):

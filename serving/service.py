@@ -17,6 +17,7 @@ its previous version.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
@@ -604,6 +605,12 @@ class RevcastService:
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
         self._metrics = _metrics()
+        # Scoring runs on its own small pool rather than the server's shared thread pool: dozens of
+        # CPU-bound requests interleaving on a few cores make every one of them slow (fair queueing
+        # keeps the tail short). Prediction endpoints only; health and docs never wait for it.
+        self._scoring_pool = ThreadPoolExecutor(
+            max_workers=self.config.scoring_threads, thread_name_prefix="revcast-score"
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -699,14 +706,10 @@ class RevcastService:
             payload = await _read_json_body(request, self.config.max_body_bytes)
             as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
             log["n_records"] = len(records)
-            if endpoint == "opportunities":
-                body = await run_in_threadpool(
-                    _score_opportunity_records, models, records, as_of, self.config, include_features
-                )
-            else:
-                body = await run_in_threadpool(
-                    _score_account_records, models, records, as_of, self.config, include_features
-                )
+            score = _score_opportunity_records if endpoint == "opportunities" else _score_account_records
+            body = await asyncio.get_running_loop().run_in_executor(
+                self._scoring_pool, score, models, records, as_of, self.config, include_features
+            )
             log.update(
                 model_version=body["model_version"],
                 n_scored=len(body["results"]),

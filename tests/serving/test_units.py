@@ -42,6 +42,10 @@ def test_config_from_env_overrides_and_validates() -> None:
         config_from_env({"REVCAST_MAX_RECORDS": "many"})
     with pytest.raises(ConfigError, match="unknown model kinds"):
         config_from_env({"REVCAST_REQUIRED_MODELS": "win,forecast"})
+    assert config_from_env({}).scoring_threads == 2  # serving.yaml
+    assert config_from_env({"REVCAST_SCORING_THREADS": "3"}).scoring_threads == 3
+    with pytest.raises(ConfigError, match="scoring_threads must be >= 1"):
+        config_from_env({"REVCAST_SCORING_THREADS": "0"})
 
 
 def test_score_and_band_edges() -> None:
