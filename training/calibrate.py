@@ -131,3 +131,85 @@ def calibrator_from_json(document: dict[str, Any] | None) -> IsotonicCalibrator 
     if method == PlattCalibrator.method:
         return PlattCalibrator.from_json(document)
     raise ValueError(f"unknown calibration method {method!r}")
+
+
+CALIBRATORS: dict[str, type[IsotonicCalibrator] | type[PlattCalibrator]] = {
+    IsotonicCalibrator.method: IsotonicCalibrator,
+    PlattCalibrator.method: PlattCalibrator,
+}
+
+
+def make_calibrator(method: str) -> IsotonicCalibrator | PlattCalibrator:
+    """An unfitted calibrator by name (``isotonic`` or ``platt``).
+
+    Raises:
+        ValueError: Unknown method (the message lists the known ones).
+    """
+    if method not in CALIBRATORS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATORS)}")
+    return CALIBRATORS[method]()
+
+
+def choose_calibrator(
+    scores: np.ndarray,
+    y: np.ndarray,
+    times: np.ndarray,
+    methods: tuple[str, ...] = ("isotonic", "platt"),
+    min_rows: int = 40,
+) -> tuple[IsotonicCalibrator | PlattCalibrator, dict[str, Any]]:
+    """Pick a calibration method out of time inside the calibration slice, then fit it on the whole slice.
+
+    Each method is fitted on the rows of the earlier half of the slice's dates and scored by log loss
+    on the later half (the test slice plays no part); the lowest wins (ties: the first listed). When
+    a half is too small or holds one class only, the first method is used without a comparison.
+
+    Args:
+        scores: Uncalibrated probabilities of the calibration slice.
+        y: Its 0/1 labels.
+        times: Its as-of dates (anything ``np.sort`` orders; splits at the median distinct date).
+        methods: Candidate methods, in order of preference.
+        min_rows: Rows needed in each half for a comparison.
+
+    Returns:
+        ``(calibrator fitted on all rows, {"method", "chosen_by", "inner_log_loss": {method: value}, ...})``.
+
+    Raises:
+        ValueError: No methods, or an unknown one.
+    """
+    from training.evaluate import log_loss_score
+
+    if not methods:
+        raise ValueError("choose_calibrator needs at least one method")
+    for method in methods:
+        make_calibrator(method)  # validates the name before any fitting
+    scores, y = _check_inputs(scores, y)
+    times = np.asarray(times)
+    distinct = np.unique(times)
+    cut = distinct[len(distinct) // 2] if distinct.size >= 2 else None
+    report: dict[str, Any] = {"candidates": list(methods)}
+    if cut is not None:
+        early, late = times < cut, times >= cut
+        halves_ok = all(mask.sum() >= min_rows and np.unique(y[mask]).size == 2 for mask in (early, late))
+    else:
+        halves_ok = False
+    if len(methods) == 1 or not halves_ok:
+        chosen = methods[0]
+        report.update(
+            method=chosen,
+            chosen_by="only candidate" if len(methods) == 1 else "fallback: a half of the slice is too small",
+        )
+        return make_calibrator(chosen).fit(scores, y), report
+    inner = {
+        method: log_loss_score(
+            y[late], make_calibrator(method).fit(scores[early], y[early]).predict(scores[late])
+        )
+        for method in methods
+    }
+    chosen = min(methods, key=lambda method: inner[method])
+    report.update(
+        method=chosen,
+        chosen_by="log loss on the later half of the calibration slice, fitted on the earlier half",
+        inner_log_loss=inner,
+        inner_split_at=str(cut),
+    )
+    return make_calibrator(chosen).fit(scores, y), report

@@ -20,7 +20,8 @@ monthly for churn; training/params.yaml). With ``export`` the latest timestamp i
    by the export date (deals still open at the export are unlabeled and left out, and counted).
    This is what a model retrained at ``calibration_start`` could have known; the ``T`` gap keeps the
    rows near a boundary from being only the deals that closed fast.
-4. LightGBM trains on the train slice, early-stops on the calibration slice, an isotonic calibrator
+4. LightGBM trains on the train slice, early-stops on the calibration slice, a calibrator (isotonic,
+   or for ``auto`` the better of isotonic / Platt out of time inside that slice; ``fit_calibration``)
    is fitted on the calibration slice only; metrics, baselines (fitted on the same training rows),
    bootstrap intervals (clustered by opportunity / account) and the verdict come from the test slice.
 
@@ -497,6 +498,35 @@ def _tuned_overrides(
     return dict(study_summary["best_params"]), study_summary
 
 
+def fit_calibration(
+    model: str, scores: np.ndarray, labels: np.ndarray, as_of: pd.Series, params: Mapping[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the probability calibrator of a classifier on its calibration slice.
+
+    ``calibration`` in training/params.yaml: ``method`` (default for every classifier), optionally
+    overridden per model in ``by_model``; ``auto`` compares ``auto_methods`` out of time inside the
+    calibration slice (``training.calibrate.choose_calibrator``). The test slice never takes part.
+
+    Args:
+        model: "win" or "churn".
+        scores: Uncalibrated probabilities of the calibration slice.
+        labels: Its 0/1 labels.
+        as_of: Its as-of dates.
+        params: Training parameters.
+
+    Returns:
+        ``(fitted calibrator, {"method": ..., "chosen_by": ..., ...})`` for the metrics document.
+    """
+    from training.calibrate import choose_calibrator, make_calibrator
+
+    config = dict(params.get("calibration") or {})
+    method = str((config.get("by_model") or {}).get(model, config.get("method", "isotonic")))
+    if method == "auto":
+        methods = tuple(config.get("auto_methods") or ("isotonic", "platt"))
+        return choose_calibrator(scores, labels, pd.to_datetime(as_of).to_numpy(), methods)
+    return make_calibrator(method).fit(scores, labels), {"method": method, "chosen_by": "configured"}
+
+
 def _classifier_pipeline(
     *,
     model: str,
@@ -521,7 +551,6 @@ def _classifier_pipeline(
     """
     from features.params import categorical_columns, feature_columns
     from serving.bundle import ModelBundle, learn_categories
-    from training.calibrate import IsotonicCalibrator
     from training.evaluate import evaluate_model, log_loss_score, metrics_document, paired_to_json
 
     gap = int(params["split"]["label_gap_days"][model])
@@ -590,7 +619,9 @@ def _classifier_pipeline(
     chosen = min(candidate_log_loss, key=candidate_log_loss.get)
     lgb_params.update(candidate_sets[chosen])
     booster = boosters[chosen]
-    calibrator = IsotonicCalibrator().fit(booster.predict(x_calibration), y_calibration)
+    calibrator, calibration_choice = fit_calibration(
+        model, booster.predict(x_calibration), y_calibration, calibration["as_of"], params
+    )
     bundle = ModelBundle.from_booster(
         booster,
         model=model,
@@ -654,6 +685,8 @@ def _classifier_pipeline(
         tuned=bool(tuning),
         lightgbm_candidate=chosen,
         candidates_calibration_log_loss=candidate_log_loss,
+        calibration_method=calibration_choice["method"],
+        calibration_choice=calibration_choice,
     )
     document["reasons"] = list(evaluation.reasons)
     log_params = {
@@ -665,6 +698,7 @@ def _classifier_pipeline(
         "n_features": len(feature_names),
         "best_iteration": int(booster.current_iteration()),
         "tune_trials": tune_trials,
+        "calibration.method": calibration_choice["method"],
     }
     result = TrainResult(
         model=model,

@@ -18,7 +18,12 @@ from training.baselines import (
     RuleOfThumbChurnBaseline,
     StageRateBaseline,
 )
-from training.calibrate import IsotonicCalibrator, PlattCalibrator, calibrator_from_json
+from training.calibrate import (
+    IsotonicCalibrator,
+    PlattCalibrator,
+    calibrator_from_json,
+    choose_calibrator,
+)
 from training.evaluate import auc_score, expected_calibration_error
 
 
@@ -47,6 +52,46 @@ def test_calibrator_round_trip_monotone_and_improves_ece(calibrator_class, misca
     assert expected_calibration_error(y[test_part], scores[test_part]) > 0.1
     assert expected_calibration_error(y[test_part], calibrated) < 0.04
     assert calibrated.min() >= 0 and calibrated.max() <= 1
+
+
+def _slice_with_truth(true_p, scores, seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=true_p.size) < true_p).astype(int)
+    times = np.sort(rng.integers(0, 12, true_p.size)).astype("datetime64[W]")
+    return scores, y, times
+
+
+def test_choose_calibrator_prefers_platt_when_the_miscalibration_is_logit_linear():
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(0.02, 0.98, 400)
+    true_p = 1 / (1 + np.exp(-(2.0 * np.log(scores / (1 - scores)) + 0.3)))
+    scores, y, times = _slice_with_truth(true_p, scores, 4)
+    calibrator, report = choose_calibrator(scores, y, times)
+    assert report["method"] == "platt" and set(report["inner_log_loss"]) == {"isotonic", "platt"}
+    assert report["inner_log_loss"]["platt"] < report["inner_log_loss"]["isotonic"]
+    refit = PlattCalibrator().fit(scores, y)  # the winner is refitted on the whole slice
+    assert isinstance(calibrator, PlattCalibrator) and calibrator.a_ == pytest.approx(refit.a_)
+
+
+def test_choose_calibrator_prefers_isotonic_for_a_step():
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0.05, 0.95, 6000)
+    true_p = np.where(scores < 0.5, 0.1, 0.9)  # a step no sigmoid of logit(score) can follow
+    scores, y, times = _slice_with_truth(true_p, scores, 6)
+    calibrator, report = choose_calibrator(scores, y, times)
+    assert report["method"] == "isotonic" and isinstance(calibrator, IsotonicCalibrator)
+    assert report["inner_log_loss"]["isotonic"] < report["inner_log_loss"]["platt"]
+
+
+def test_choose_calibrator_falls_back_without_two_usable_halves():
+    scores = np.linspace(0.1, 0.9, 100)
+    y = (np.arange(100) % 2).astype(int)
+    one_date = np.full(100, np.datetime64("2025-01-06"))
+    calibrator, report = choose_calibrator(scores, y, one_date, methods=("platt", "isotonic"))
+    assert report["method"] == "platt" and report["chosen_by"].startswith("fallback")
+    assert isinstance(calibrator, PlattCalibrator)
+    with pytest.raises(ValueError, match="unknown calibration method 'beta'"):
+        choose_calibrator(scores, y, one_date, methods=("beta",))
 
 
 def test_calibrators_reject_bad_input():
