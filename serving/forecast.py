@@ -14,8 +14,11 @@ Components of the forecast of one period ``[period_start, period_end)`` made at 
   of its own period — this captures calendar effects such as end-of-quarter pushes), takes the state
   of each deal open at the analog date (stage, deal age, close-date slip bucket, as-of amount), and
   counts how often deals in the same state were won inside the corresponding (shifted) period.
-  State matching uses a fall-back hierarchy (stage x age x close-date bucket, then stage x age, then
-  stage, then everything) that stops at the first level with ``min_count`` analog rows.
+  State matching blends a hierarchy of levels (type x stage x age x close-date bucket, ..., stage,
+  everything): each level's rate is shrunk towards the next, more general one with the weight of
+  ``min_count`` pseudo-rows, so that sparse but telling cells (renewal deals in a stage) count as
+  much as their rows justify (``level_shrinkage=False`` restores the old fall-back that stops at the
+  first level with ``min_count`` analog rows).
   When win probabilities are supplied (e.g. by the champion win model), the engine uses
   ``p_win x P(closes inside the period | won)`` with the conditional timing learned the same way.
   The expected amount is the as-of amount times the historical won/expected ratio.
@@ -81,7 +84,10 @@ class ForecastParams:
             predicted to end inside the period (when subscriptions and renewal deals exist).
         levels: The state-matching hierarchy, most specific first (deal type, as-of stage, deal-age
             bucket, expected-close-date bucket); the last level (no keys) matches everything.
-        min_count: Minimum analog rows for a level of the state-matching hierarchy to be used.
+        min_count: Minimum analog rows for a level of the state-matching hierarchy to be used
+            (without ``level_shrinkage``), or the pseudo-row weight of the next level (with it).
+        level_shrinkage: Blend the levels of the hierarchy (each level's rate shrunk towards the
+            next, more general one) instead of using only the first level with ``min_count`` rows.
         age_bins_days: Deal-age bucket edges (days since creation).
         close_date_bins_days: Buckets of (as-of expected close date - date), in days.
         commit_threshold: Minimum win probability for the commit category (with a late stage).
@@ -113,6 +119,7 @@ class ForecastParams:
         (),
     )
     min_count: int = 30
+    level_shrinkage: bool = True
     age_bins_days: tuple[float, ...] = (0, 14, 30, 60, 90, 180, 365)
     close_date_bins_days: tuple[float, ...] = (0, 30, 90)
     commit_threshold: float = 0.7
@@ -364,14 +371,27 @@ def _hierarchical_sums(
     count_col: str,
     min_count: int,
     levels: tuple[tuple[str, ...], ...],
+    shrink: bool = False,
 ) -> pd.DataFrame:
     """Sum ``value_cols`` and ``count_col`` over the analog rows matching each target row.
 
-    Uses the most specific level of ``levels`` whose matching count reaches ``min_count`` (the last
-    level, no keys, is always used when nothing else qualifies). Returns a frame aligned with
-    ``target``'s index holding the sums and a ``level`` column (index into ``levels``).
+    Without ``shrink``: uses the most specific level of ``levels`` whose matching count reaches
+    ``min_count`` (the last level, no keys, is always used when nothing else qualifies).
+
+    With ``shrink``: every level contributes. Going from the last level (everything) to the first,
+    the rate value/count at a level is the level's own rate shrunk towards the rate of the level
+    after it with the weight of ``min_count`` pseudo-rows: ``(S + min_count x rate_next) / (N +
+    min_count)``. A sparse but telling cell (e.g. renewal deals in one stage) then moves the rate
+    by as much as its rows justify instead of being discarded for a more general cell. The result
+    holds the rates as values with a count of 1, so value / count keeps its meaning.
+
+    Returns a frame aligned with ``target``'s index holding the sums (or rates) and a ``level``
+    column (index into ``levels``: the level used, or with ``shrink`` the most specific level with
+    matching rows).
     """
     cols = [*value_cols, count_col]
+    if shrink:
+        return _shrunk_rates(train, target, value_cols, count_col, float(min_count), levels)
     out = pd.DataFrame(np.nan, index=target.index, columns=cols)
     out["level"] = -1
     for level_index, keys in enumerate(levels):
@@ -394,6 +414,39 @@ def _hierarchical_sums(
         rows = matched.index[ok.to_numpy()]
         out.loc[rows, cols] = matched.loc[rows, cols].fillna(0.0).to_numpy()
         out.loc[rows, "level"] = level_index
+    return out
+
+
+def _shrunk_rates(
+    train: pd.DataFrame,
+    target: pd.DataFrame,
+    value_cols: list[str],
+    count_col: str,
+    prior_count: float,
+    levels: tuple[tuple[str, ...], ...],
+) -> pd.DataFrame:
+    """Rates value/count for each target row, shrunk level by level (see ``_hierarchical_sums``)."""
+    cols = [*value_cols, count_col]
+    totals = train[cols].sum() if len(train) else pd.Series(0.0, index=cols)
+    root_count = float(totals[count_col])
+    root = (
+        totals[value_cols].to_numpy(dtype=float) / root_count if root_count > 0 else np.zeros(len(value_cols))
+    )
+    rates = np.tile(root, (len(target), 1))
+    level = np.full(len(target), len(levels) - 1, dtype=int)
+    for level_index in range(len(levels) - 1, -1, -1):
+        keys = list(levels[level_index])
+        if not keys:
+            continue
+        agg = train.groupby(keys, sort=False)[cols].sum().reset_index()
+        matched = target[keys].merge(agg, on=keys, how="left")
+        sums = matched[value_cols].fillna(0.0).to_numpy(dtype=float)
+        counts = matched[count_col].fillna(0.0).to_numpy(dtype=float)
+        rates = (sums + prior_count * rates) / (counts[:, None] + prior_count)
+        level = np.where(counts > 0, level_index, level)
+    out = pd.DataFrame(rates, index=target.index, columns=value_cols)
+    out[count_col] = 1.0
+    out["level"] = level
     return out
 
 
@@ -1041,9 +1094,10 @@ def forecast_revenue(
     rows["expected_amount"] = _expected_amounts(rows, ratios, overall_ratio, by_product, overall_median)
 
     levels = params.levels
-    uncond = _hierarchical_sums(rows, current, won_cols, "one", params.min_count, levels)
-    cond = _hierarchical_sums(rows, current, won_cols, "won_any", params.min_count, levels)
-    closed = _hierarchical_sums(rows, current, ["won_any"], "closed_any", params.min_count, levels)
+    shrink = params.level_shrinkage
+    uncond = _hierarchical_sums(rows, current, won_cols, "one", params.min_count, levels, shrink)
+    cond = _hierarchical_sums(rows, current, won_cols, "won_any", params.min_count, levels, shrink)
+    closed = _hierarchical_sums(rows, current, ["won_any"], "closed_any", params.min_count, levels, shrink)
     with np.errstate(invalid="ignore", divide="ignore"):
         r_hist = uncond[won_cols].to_numpy() / uncond[["one"]].to_numpy()
         q_cond = cond[won_cols].to_numpy() / cond[["won_any"]].to_numpy()
@@ -1120,7 +1174,9 @@ def forecast_revenue(
 
     # Rate shock.
     if params.rate_shock_sd == "auto":
-        rows_r = _hierarchical_sums(rows, rows, won_cols[:1], "one", params.min_count, params.levels)
+        rows_r = _hierarchical_sums(
+            rows, rows, won_cols[:1], "one", params.min_count, params.levels, params.level_shrinkage
+        )
         r0_rows = np.nan_to_num(rows_r[won_cols[0]].to_numpy() / rows_r["one"].to_numpy())
         won_value = (
             rows["won_0"].to_numpy() * rows["opportunity_id"].map(won_amount_by_id).fillna(0.0).to_numpy()

@@ -201,3 +201,26 @@ def test_renewals_from_subscriptions_are_used_and_switchable(crm):
         with_renewals.totals["not_yet_created_expected"].iloc[0]
         != without.totals["not_yet_created_expected"].iloc[0]
     )
+
+
+def test_level_shrinkage_blends_sparse_cells_with_their_parent():
+    from serving.forecast import _hierarchical_sums
+
+    # 100 "new" rows win 20 %, 10 "renewal" rows win 90 %; a prior of 30 pseudo-rows.
+    train = pd.DataFrame(
+        {
+            "type": ["new"] * 100 + ["renewal"] * 10,
+            "won_0": [1.0] * 20 + [0.0] * 80 + [1.0] * 9 + [0.0],
+            "one": 1.0,
+        }
+    )
+    target = pd.DataFrame({"type": ["new", "renewal", "expansion"]})
+    levels = (("type",), ())
+    root = 29 / 110
+    shrunk = _hierarchical_sums(train, target, ["won_0"], "one", 30, levels, shrink=True)
+    rates = (shrunk["won_0"] / shrunk["one"]).to_numpy()
+    assert rates == pytest.approx([(20 + 30 * root) / 130, (9 + 30 * root) / 40, root])
+    assert list(shrunk["level"]) == [0, 0, 1]
+    # The hard fall-back drops the 10 renewal rows (< 30) for the overall rate.
+    hard = _hierarchical_sums(train, target, ["won_0"], "one", 30, levels)
+    assert (hard["won_0"] / hard["one"]).to_numpy() == pytest.approx([0.2, root, root])
