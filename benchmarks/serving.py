@@ -10,12 +10,13 @@ Everything runs on loopback with bounded request counts:
    the whole in-process request path: records -> tables -> features -> predict -> explain);
 4. `mlflow models serve --env-manager local` on the same registered models (the models-from-code
    pyfunc wrapper in training/pyfunc_model.py), fed the *already computed* feature rows of the same
-   records, one mlflow server at a time;
+   records;
 5. ratios, and whether the 1-record target (>= 2x mlflow's throughput, <= half its p99) is met.
 
 Fairness: both servers get the same number of worker processes (``--workers``, default 1) and the same
-environment (``OMP_NUM_THREADS``, default 1); the configuration and the machine's load average are
-printed with the results. The comparison is not like for like in revcast's disfavour: the revcast API
+environment (``OMP_NUM_THREADS``, default 1); all servers run from the start and each cell is measured
+on revcast and right after on mlflow, so that both see about the same machine load (the 1-minute load
+average is recorded per cell); the configuration is printed with the results. The comparison is not like for like in revcast's disfavour: the revcast API
 receives raw CRM records and computes features (DuckDB), the win *and* amount predictions and the
 explanations; the MLflow server receives ready features and predicts one model.
 
@@ -124,8 +125,10 @@ def main() -> None:
     parser.add_argument("--skip-mlflow-serve", action="store_true")
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    # Both servers get the same environment: one OpenMP thread per LightGBM call (revcast's default).
+    # Both servers get the same environment: one OpenMP thread per LightGBM call (revcast's default);
+    # so does this process, which measures the in-process floor (set before LightGBM loads).
     server_env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    os.environ.update(server_env)
     results: dict[str, Any] = {
         "cells": [],
         "configuration": {
@@ -230,38 +233,60 @@ def main() -> None:
             }
             print(json.dumps({"floor": endpoint, "rows": n, **results[f"floor_{endpoint}_{n}"]}), flush=True)
 
-        print("revcast service ...", flush=True)
-        for (endpoint, n), payload in payloads.items():
-            for concurrency in concurrencies:
-                cell = load(
-                    lambda client, payload=payload, path=ENDPOINTS[endpoint]["path"]: client.post(
-                        path, json=payload, headers=headers
-                    ),
-                    server.url, concurrency, args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
-                )  # fmt: skip
-                cell.update(
-                    server="revcast",
-                    endpoint=endpoint,
-                    records_per_request=n,
-                    concurrency=concurrency,
-                    records_per_s=cell["rps"] * n,
-                )
-                results["cells"].append(cell)
-                print(json.dumps(cell), flush=True)
-
+        # Every server is started before any measurement, and each (endpoint, records, concurrency)
+        # cell is measured on revcast and then at once on mlflow: the machine's load drifts, and
+        # neighbouring measurements see about the same load (servers not being measured are idle).
+        mlflow_urls: dict[str, str] = {}
         if not args.skip_mlflow_serve:
             for endpoint in sizes:
                 try:
-                    mlflow_cells(
-                        args, endpoint, versions[ENDPOINTS[endpoint]["model"]], uri,
-                        {n: feature_rows[(endpoint, n)] for n in sizes[endpoint]},
-                        concurrencies, workdir, processes, results, server_env,
+                    mlflow_urls[endpoint] = start_mlflow_serve(
+                        args, versions[ENDPOINTS[endpoint]["model"]], ENDPOINTS[endpoint]["model"],
+                        uri, workdir, processes, server_env,
                     )  # fmt: skip
                 except Exception as exc:  # still report what was measured
                     results.setdefault("mlflow_error", {})[endpoint] = (
                         f"{type(exc).__name__}: {str(exc)[:500]}"
                     )
                     print(f"mlflow models serve failed: {results['mlflow_error'][endpoint]}", flush=True)
+        print("measuring ...", flush=True)
+        for (endpoint, n), payload in payloads.items():
+            mlflow_body = {
+                "dataframe_split": json.loads(
+                    feature_rows[(endpoint, n)].to_json(orient="split", index=False)
+                )
+            }
+            n_requests = args.requests if n == 1 else max(20, args.requests // 4)
+            for concurrency in concurrencies:
+                targets = [
+                    (
+                        "revcast",
+                        server.url,
+                        lambda client, payload=payload, path=ENDPOINTS[endpoint]["path"]: client.post(
+                            path, json=payload, headers=headers
+                        ),
+                    )
+                ]
+                if endpoint in mlflow_urls:
+                    targets.append(
+                        (
+                            "mlflow",
+                            mlflow_urls[endpoint],
+                            lambda client, body=mlflow_body: client.post("/invocations", json=body),
+                        )
+                    )
+                for name, url, send in targets:
+                    cell = load(send, url, concurrency, n_requests, args.max_seconds)
+                    cell.update(
+                        server=name,
+                        endpoint=endpoint,
+                        records_per_request=n,
+                        concurrency=concurrency,
+                        records_per_s=cell["rps"] * n,
+                        load_average_1min=os.getloadavg()[0],
+                    )
+                    results["cells"].append(cell)
+                    print(json.dumps(cell), flush=True)
     finally:
         for process in reversed(processes):
             stop(process)
@@ -272,23 +297,19 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2))
 
 
-def mlflow_cells(
+def start_mlflow_serve(
     args: argparse.Namespace,
-    endpoint: str,
     version: str,
+    model: str,
     uri: str,
-    feature_rows: dict[int, pd.DataFrame],
-    concurrencies: list[int],
     workdir: Path,
     processes: list[subprocess.Popen],
-    results: dict[str, Any],
     server_env: dict[str, str],
-) -> None:
-    """Measure `mlflow models serve --env-manager local` on the same model and the same records' features."""
-    from tests.serving.conftest import BIN, free_port, stop, wait_for
+) -> str:
+    """Start `mlflow models serve --env-manager local` on a registered revcast model; return its URL."""
+    from tests.serving.conftest import BIN, free_port, wait_for
 
-    model = ENDPOINTS[endpoint]["model"]
-    print(f"mlflow models serve (revcast-{model}) ...", flush=True)
+    print(f"starting mlflow models serve (revcast-{model}) ...", flush=True)
     port = free_port()
     log = workdir / f"mlflow-serve-{model}.log"
     # mlflow execs `uvicorn` by name: the venv's bin directory must be on PATH.
@@ -305,30 +326,8 @@ def mlflow_cells(
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     processes.append(serve_proc)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
-        bodies = {
-            n: {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
-            for n, frame in feature_rows.items()
-        }
-        for n in feature_rows:
-            for concurrency in concurrencies:
-                cell = load(
-                    lambda client, n=n: client.post("/invocations", json=bodies[n]),
-                    f"http://127.0.0.1:{port}", concurrency,
-                    args.requests if n == 1 else max(20, args.requests // 4), args.max_seconds,
-                )  # fmt: skip
-                cell.update(
-                    server="mlflow",
-                    endpoint=endpoint,
-                    records_per_request=n,
-                    concurrency=concurrency,
-                    records_per_s=cell["rps"] * n,
-                )
-                results["cells"].append(cell)
-                print(json.dumps(cell), flush=True)
-    finally:
-        stop(serve_proc)  # one mlflow server at a time: they would compete for the same cores
+    wait_for(f"http://127.0.0.1:{port}/ping", 300, serve_proc, log)
+    return f"http://127.0.0.1:{port}"
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -348,7 +347,8 @@ def print_report(results: dict[str, Any]) -> None:
     cells = pd.DataFrame(results["cells"])
     print("\nHTTP on loopback:")
     columns = ["server", "endpoint", "records_per_request", "concurrency", "n", "p50_ms", "p99_ms", "rps"]
-    print(cells[[*columns, "records_per_s"]].round(2).to_string(index=False))
+    columns += [c for c in ("records_per_s", "load_average_1min") if c in cells.columns]
+    print(cells[columns].round(2).to_string(index=False))
     print(
         "\nratios (p50 / floor = revcast p50 / in-process booster.predict p50; vs mlflow: revcast / mlflow;"
         " target on 1-record requests: rps >= 2 and p99 <= 0.5):"
