@@ -701,7 +701,13 @@ def _term_ends(lines: pd.DataFrame) -> pd.DataFrame:
     active = known.loc[~finished]
     if "auto_renew" in active.columns:
         active = active.loc[~(active["auto_renew"] == 1)]
-    empty = pd.DataFrame({"term_end": pd.Series(dtype="datetime64[ns]"), "mrr": pd.Series(dtype=float)})
+    empty = pd.DataFrame(
+        {
+            "term_end": pd.Series(dtype="datetime64[ns]"),
+            "mrr": pd.Series(dtype=float),
+            "term_months": pd.Series(dtype=np.int64),
+        }
+    )
     if active.empty:
         return empty
     ended = known.loc[finished]
@@ -727,7 +733,8 @@ def _term_ends(lines: pd.DataFrame) -> pd.DataFrame:
         n_terms = n_terms + passed
         term_end = _add_months(start, n_terms * term_months)
     per_key["term_end"] = term_end
-    return per_key[["term_end", "mrr"]]
+    per_key["term_months"] = term_months
+    return per_key[["term_end", "mrr", "term_months"]]
 
 
 def _upcoming_term_ends(subs: pd.DataFrame, date: pd.Timestamp) -> pd.DataFrame:
@@ -774,33 +781,51 @@ def _future_renewals(
     windows: list[tuple[pd.Timestamp, pd.Timestamp]],
     lead_days: float,
     durations: np.ndarray,
-) -> tuple[pd.Series, np.ndarray]:
-    """Renewal deals expected to be created after ``date``: MRR by account and P(closes in window k | won).
+) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Renewal deals expected to be created after ``date`` and before the last window ends.
 
-    A renewal deal is expected ``lead_days`` before the predicted term end; it closes, if won, after
-    a creation-to-close duration drawn from ``durations`` (won renewal deals closed by T).
+    A renewal deal is expected ``lead_days`` before each predicted term end (the current term's and,
+    within the horizon, the following ones: one term length apart); it closes, if won, after a
+    creation-to-close duration drawn from ``durations`` (won renewal deals closed by T).
+
+    Returns:
+        MRR by account (one row per expected deal; an account may repeat), P(closes in window k |
+        won) per row, and the number of renewals each row needs to have been won first.
     """
     upcoming = _upcoming_term_ends(subs, date)
-    creation = upcoming["term_end"] - pd.Timedelta(days=lead_days)
-    upcoming = upcoming.loc[(creation > date) & (creation < windows[-1][1])]
-    creation = creation.loc[upcoming.index]
-    timing = np.zeros((len(upcoming), len(windows)))
+    horizon_end = windows[-1][1]
+    parts, later_terms = [], []
+    for renewals_before in range(_MAX_TERMS_AHEAD):
+        term_end = _add_months(upcoming["term_end"], upcoming["term_months"].to_numpy() * renewals_before)
+        creation = term_end - pd.Timedelta(days=lead_days)
+        inside = (creation > date) & (creation < horizon_end)
+        if inside.any():
+            parts.append(pd.DataFrame({"mrr": upcoming["mrr"], "creation": creation}).loc[inside])
+            later_terms.append(np.full(int(inside.sum()), renewals_before))
+        if not (creation < horizon_end).any():
+            break
+    if not parts:
+        return pd.Series(dtype=float), np.zeros((0, len(windows))), np.zeros(0, dtype=int)
+    expected = pd.concat(parts)
+    creation = expected["creation"]
+    timing = np.zeros((len(expected), len(windows)))
     for k, (lo, hi) in enumerate(windows):
         to_hi = (hi - creation).dt.total_seconds().to_numpy() / 86400.0
         to_lo = (lo - creation).dt.total_seconds().to_numpy() / 86400.0
         timing[:, k] = _close_within(durations, to_hi) - np.where(
             to_lo > 0, _close_within(durations, to_lo), 0.0
         )
-    return upcoming["mrr"], np.clip(timing, 0.0, 1.0)
+    return expected["mrr"], np.clip(timing, 0.0, 1.0), np.concatenate(later_terms)
 
 
+_MAX_TERMS_AHEAD = 8
 _MIN_TERM_DAYS = 300
 _MIN_RENEWALS = 5
 
 
 @dataclass
 class _Renewals:
-    """Renewal deals not yet created at T, one row per account, simulated like open deals."""
+    """Renewal deals not yet created at T, one row per expected deal, simulated like open deals."""
 
     account_id: np.ndarray
     amount_if_won: np.ndarray
@@ -849,8 +874,9 @@ def _renewals_not_yet_created(
     value, exposure = 0.0, 0.0
     for j, date in enumerate(analogs.dates):
         analog_windows = list(zip(analogs.starts[j], analogs.ends[j], strict=True))
-        mrr, timing = _future_renewals(subs, date, analog_windows, lead_days, durations)
-        exposure += float((mrr.to_numpy()[:, None] * timing).sum())
+        mrr, timing, later = _future_renewals(subs, date, analog_windows, lead_days, durations)
+        # A later term's renewal happens only if the earlier ones were won.
+        exposure += float(((mrr.to_numpy() * win_rate**later)[:, None] * timing).sum())
         for lo, hi in analog_windows:
             with np.errstate(invalid="ignore"):
                 mask = (
@@ -862,11 +888,11 @@ def _renewals_not_yet_created(
     if exposure <= 0 or value <= 0:
         return None
     value_per_mrr = value / exposure
-    mrr, timing = _future_renewals(subs, as_of, windows, lead_days, durations)
+    mrr, timing, later = _future_renewals(subs, as_of, windows, lead_days, durations)
     return _Renewals(
         account_id=mrr.index.to_numpy(),
         amount_if_won=mrr.to_numpy() * value_per_mrr / win_rate,
-        close_probability=np.clip(win_rate * timing, 0.0, 1.0),
+        close_probability=np.clip(win_rate ** (later + 1)[:, None] * timing, 0.0, 1.0),
         win_rate=win_rate,
         value_per_mrr=value_per_mrr,
     )

@@ -139,3 +139,23 @@ def test_renewals_not_yet_created_match_the_terms_ending_soon():
     inside = (window[1] - created.reindex(renewals.account_id)).dt.days.to_numpy() >= 20
     assert renewals.close_probability[:, 0] == pytest.approx(np.where(inside, renewals.win_rate, 0.0))
     assert inside.any() and (~inside).any()
+
+
+def test_later_terms_within_the_horizon_are_expected_too():
+    from serving.forecast import _future_renewals
+
+    subs = _subs([("a", "2024-05-01", None, 1000.0, 0.0)])
+    # Five quarters from T: the term ending 2025-05-01 and the next one (2026-05-01) both get a deal,
+    # created 90 days before each end and closed 20 days later.
+    windows = [
+        (
+            pd.Timestamp("2025-01-01") + pd.DateOffset(months=3 * k),
+            pd.Timestamp("2025-04-01") + pd.DateOffset(months=3 * k),
+        )
+        for k in range(5)
+    ]
+    durations = np.array([20.0])
+    mrr, timing, later = _future_renewals(subs, T, windows, 90.0, durations)
+    assert list(mrr.index) == ["a", "a"] and list(later) == [0, 1]
+    assert timing.sum(axis=1) == pytest.approx([1.0, 1.0])
+    assert timing[0].argmax() == 0 and timing[1].argmax() == 4
