@@ -24,6 +24,10 @@ Components of the forecast of one period ``[period_start, period_end)`` made at 
   The expected amount is the as-of amount times the historical won/expected ratio.
 * **not yet created** — revenue won inside the period from deals created after the forecast date,
   learned at the same analog dates (with a damped linear trend) and simulated as a Gamma variable.
+  Where subscriptions and renewal deals exist, renewals are forecast account by account instead:
+  each renewal-bound account's term end is predicted from its subscription rows known at T, the
+  renewal deal is expected a learned lead time before it, and it is simulated like an open deal
+  (historical renewal win rate, learned creation-to-close timing, amount from the MRR).
 * **recurring** (where subscriptions exist) — MRR in force at T x months remaining in the period,
   less expected churn (supplied per-account churn probabilities, else the historical MRR churn
   rate). It is reported *beside* the won-revenue figures, not inside them: renewals and expansions
