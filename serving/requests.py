@@ -438,20 +438,41 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
 def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBatch:
     """Validate churn records (accounts with their subscriptions, usage, ...) and build their tables.
 
+    Each nested deal becomes an ``opportunities`` row of the account and its ``history`` rows become
+    ``opportunity_history`` rows. The deal's current-state columns do NOT become a history row: the
+    account features (features.account) read a deal's state as of T from opportunity_history only,
+    and batch churn scoring passes no current state, so the API does the same to compute the same
+    features (a current-state row dated as_of would also read as an update made today).
+
     Args:
         records: The ``accounts`` list of the request (decoded JSON).
         as_of: Timestamp the accounts are scored as of.
 
     Returns:
         The batch: tables ``accounts``, ``subscriptions``, ``usage``, ``tickets``, ``surveys``,
-        ``activities``. Whether an account is a customer at as_of (has an active
-        subscription) is decided by the feature builder, which returns no row otherwise.
+        ``activities``, ``opportunities``, ``opportunity_history``. Whether an account is a customer
+        at as_of (has an active subscription) is decided by the feature builder, which returns no
+        row otherwise.
     """
     accepted: list[tuple[int, str]] = []
     rejected: list[dict[str, Any]] = []
-    names = ("accounts", "subscriptions", "usage", "tickets", "surveys", "activities")
+    names = (
+        "accounts",
+        "subscriptions",
+        "usage",
+        "tickets",
+        "surveys",
+        "activities",
+        "opportunities",
+        "opportunity_history",
+    )
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    seen_keys: dict[str, dict[str, str]] = {"subscription_id": {}, "ticket_id": {}, "activity_id": {}}
+    seen_keys: dict[str, dict[str, str]] = {
+        "subscription_id": {},
+        "ticket_id": {},
+        "activity_id": {},
+        "opportunity_id": {},
+    }
     values: dict[str, dict[str, float | None]] = {}
     for index, record in enumerate(records):
         caller_id = _caller_id(record, "account_id")
@@ -461,11 +482,7 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
             errors = _check_account(parsed, as_of)
             if parsed.account_id in values:
                 errors.append(f"account_id: {parsed.account_id!r} appears more than once in the request")
-            for list_name, key in (
-                ("subscriptions", "subscription_id"),
-                ("tickets", "ticket_id"),
-                ("activities", "activity_id"),
-            ):
+            for list_name, key in _ACCOUNT_KEYED_LISTS:
                 for i, item in enumerate(getattr(parsed, list_name)):
                     owner = seen_keys[key].get(getattr(item, key))
                     if owner is not None and owner != parsed.account_id:
@@ -479,16 +496,17 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
         acct_id = parsed.account_id
         accepted.append((index, acct_id))
         rows["accounts"].append(_row(parsed, TABLE_COLUMNS["accounts"]))
-        for list_name, key in (
-            ("subscriptions", "subscription_id"),
-            ("tickets", "ticket_id"),
-            ("activities", "activity_id"),
-        ):
+        for list_name, key in _ACCOUNT_KEYED_LISTS:
             for item in getattr(parsed, list_name):
                 seen_keys[key][getattr(item, key)] = acct_id
-        for table in ("subscriptions", "usage", "tickets", "surveys", "activities"):
+        for table in ("subscriptions", "usage", "tickets", "surveys", "activities", "opportunities"):
             for item in getattr(parsed, table):
                 rows[table].append(_row(item, TABLE_COLUMNS[table], account_id=acct_id))
+        for deal in parsed.opportunities:
+            for change in deal.history:
+                rows["opportunity_history"].append(
+                    _row(change, TABLE_COLUMNS["opportunity_history"], opportunity_id=deal.opportunity_id)
+                )
     tables = {
         name: _frame(table_rows, TABLE_COLUMNS[name], keep_extra=name == "usage")
         for name, table_rows in rows.items()
@@ -497,6 +515,15 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
         key = {"subscriptions": "subscription_id", "tickets": "ticket_id", "activities": "activity_id"}[name]
         tables[name] = tables[name].drop_duplicates(subset=[key], keep="first").reset_index(drop=True)
     return PreparedBatch(tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values)
+
+
+# Nested lists whose rows have their own id: an id given with two accounts is a per-record rejection.
+_ACCOUNT_KEYED_LISTS = (
+    ("subscriptions", "subscription_id"),
+    ("tickets", "ticket_id"),
+    ("activities", "activity_id"),
+    ("opportunities", "opportunity_id"),
+)
 
 
 def _check_account(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]:
@@ -520,4 +547,32 @@ def _check_account(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]:
                 errors.append(
                     f"usage[{i}].{name}: extra usage fields are product metrics and must be numbers (got {value!r})"
                 )
+    errors += _check_account_deals(acct, as_of)
+    return errors
+
+
+def _check_account_deals(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]:
+    """Reasons why an account's nested deals cannot be used as of ``as_of`` (each names its field)."""
+    errors = []
+    seen: dict[str, int] = {}
+    for i, deal in enumerate(acct.opportunities):
+        where = f"opportunities[{i}]"
+        if deal.opportunity_id in seen:
+            errors.append(
+                f"{where}.opportunity_id: {deal.opportunity_id!r} is also given as opportunities[{seen[deal.opportunity_id]}]"
+            )
+        seen.setdefault(deal.opportunity_id, i)
+        if deal.account_id is not None and deal.account_id != acct.account_id:
+            errors.append(
+                f"{where}.account_id: {deal.account_id!r} differs from account_id {acct.account_id!r}"
+            )
+        created = to_timestamp(deal.created_at)
+        if created > as_of:
+            errors.append(f"{where}.created_at: {deal.created_at} is after as_of {as_of.isoformat()}")
+        if deal.closed_at is not None and to_timestamp(deal.closed_at) < created:
+            errors.append(f"{where}.closed_at: {deal.closed_at} is before created_at {deal.created_at}")
+        if deal.outcome in ("won", "lost") and deal.closed_at is None:
+            # Without its close date a decided deal would count as an open renewal.
+            errors.append(f"{where}.closed_at: required when outcome is {deal.outcome!r}")
+        errors += _after(deal.history, "changed_at", as_of, f"{where}.history")
     return errors

@@ -18,6 +18,10 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 # An id is a non-empty string; numbers are refused rather than guessed at (ids are strings in the contract).
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+# Rows of one nested list (a deal's history, an account's usage, ...). The body-size limit bounds a
+# request as a whole; this bounds one record, so that a single record cannot hold most of a request.
+# Ten years of daily usage (3,653 rows) fit.
+MAX_NESTED_ROWS = 10_000
 
 
 def _parse_when(value: Any) -> Any:
@@ -102,8 +106,8 @@ class OpportunityIn(_Record):
     outcome: Literal["won", "lost", ""] | None = None
     won_amount: Money | None = None
     account: AccountIn | None = None
-    history: list[HistoryIn] = Field(default_factory=list)
-    activities: list[ActivityIn] = Field(default_factory=list)
+    history: list[HistoryIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    activities: list[ActivityIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
 
 
 class SubscriptionIn(_Record):
@@ -144,14 +148,54 @@ class SurveyIn(_Record):
     score: Number
 
 
+class AccountOpportunityIn(_Record):
+    """A deal of the account (its renewal and expansion deals matter), as the CRM holds it now.
+
+    The churn features read a deal's type and dates, its outcome once closed at or before ``as_of``,
+    and its stage and amount as of ``as_of`` from ``history`` -- the rule of batch churn scoring
+    (``revcast score accounts``), where the deals' current-state columns are not read either. Send the
+    current stage and amount as the latest history row, dated when they were entered.
+    """
+
+    opportunity_id: Id
+    account_id: Id | None = Field(
+        default=None, description="Defaults to the enclosing account; a different account is rejected."
+    )
+    created_at: When
+    type: Literal["new", "renewal", "expansion"] | None = None
+    closed_at: When | None = Field(
+        default=None, description="When the deal was won or lost; required when outcome is won/lost."
+    )
+    outcome: Literal["won", "lost", ""] | None = None
+    owner_id: Id | None = None
+    product: str | None = None
+    lead_source: str | None = None
+    stage: str | None = Field(default=None, description="Current stage (not a churn feature: see history).")
+    amount: Money | None = Field(
+        default=None, description="Current amount (not a churn feature: see history)."
+    )
+    expected_close_date: When | None = None
+    won_amount: Money | None = None
+    history: list[HistoryIn] = Field(
+        default_factory=list,
+        max_length=MAX_NESTED_ROWS,
+        description="Stage/amount changes up to as_of; the source of the deal's state as of as_of.",
+    )
+
+
 class ChurnAccountIn(AccountIn):
     """An account with everything known about it up to ``as_of``."""
 
-    subscriptions: list[SubscriptionIn] = Field(default_factory=list)
-    usage: list[UsageIn] = Field(default_factory=list)
-    tickets: list[TicketIn] = Field(default_factory=list)
-    surveys: list[SurveyIn] = Field(default_factory=list)
-    activities: list[ActivityIn] = Field(default_factory=list)
+    subscriptions: list[SubscriptionIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    usage: list[UsageIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    tickets: list[TicketIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    surveys: list[SurveyIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    activities: list[ActivityIn] = Field(default_factory=list, max_length=MAX_NESTED_ROWS)
+    opportunities: list[AccountOpportunityIn] = Field(
+        default_factory=list,
+        max_length=MAX_NESTED_ROWS,
+        description="The account's deals (renewal and expansion deals feed the churn features).",
+    )
 
 
 class OpportunityScoreRequest(BaseModel):
@@ -315,6 +359,17 @@ EXAMPLE_CHURN_REQUEST: dict[str, Any] = {
             "tickets": [{"ticket_id": "t-1", "opened_at": "2026-09-03", "priority": "high"}],
             "surveys": [{"responded_at": "2026-06-01", "kind": "nps", "score": 7}],
             "activities": [{"activity_id": "x-2", "occurred_at": "2026-10-11", "type": "call"}],
+            "opportunities": [
+                {
+                    "opportunity_id": "o-7",
+                    "created_at": "2026-09-15",
+                    "type": "renewal",
+                    "history": [
+                        {"changed_at": "2026-09-15", "stage": "prospecting", "amount": 5280},
+                        {"changed_at": "2026-10-20", "stage": "negotiation", "amount": 5000},
+                    ],
+                }
+            ],
         }
     ],
 }

@@ -237,11 +237,34 @@ def opportunity_records(
     return records
 
 
+_DEAL_FIELDS = (
+    "opportunity_id",
+    "created_at",
+    "type",
+    "owner_id",
+    "product",
+    "lead_source",
+    "stage",
+    "amount",
+    "expected_close_date",
+    "closed_at",
+    "outcome",
+    "won_amount",
+)
+
+
 def account_records(
-    tables: dict[str, pd.DataFrame], account_ids: list[str], as_of: pd.Timestamp
+    tables: dict[str, pd.DataFrame],
+    account_ids: list[str],
+    as_of: pd.Timestamp,
+    with_opportunities: bool = True,
 ) -> list[dict]:
-    """API records for accounts with their subscriptions, usage, tickets, surveys and activities up to as_of."""
+    """API records for accounts with their subscriptions, usage, tickets, surveys and activities up to
+    as_of, and (``with_opportunities``) their deals created by as_of with their history up to as_of.
+    A deal closed after as_of is sent as it was at as_of: open, without closed_at/outcome/won_amount."""
     accounts = tables["accounts"].set_index("account_id", drop=False)
+    opps = tables["opportunities"]
+    history = tables["opportunity_history"]
     records = []
     for account_id in account_ids:
         record = _records(accounts.loc[[account_id]])[0]
@@ -255,5 +278,17 @@ def account_records(
             frame = tables[name]
             rows = frame[(frame["account_id"] == account_id) & (frame[time_column] <= as_of)]
             record[name] = _records(rows, drop=("account_id",))
+        if with_opportunities:
+            deals = opps[(opps["account_id"] == account_id) & (opps["created_at"] <= as_of)]
+            record["opportunities"] = []
+            for deal in _records(deals[list(_DEAL_FIELDS)]):
+                if "closed_at" in deal and pd.Timestamp(deal["closed_at"]) > as_of:
+                    for later in ("closed_at", "outcome", "won_amount"):
+                        deal.pop(later, None)
+                past = history[
+                    (history["opportunity_id"] == deal["opportunity_id"]) & (history["changed_at"] <= as_of)
+                ]
+                deal["history"] = _records(past, drop=("opportunity_id",))
+                record["opportunities"].append(deal)
         records.append(record)
     return records

@@ -236,6 +236,7 @@ def test_churn_rejects_account_without_active_subscription(client, service) -> N
         "account_id": "a-10",
         "tickets": [],
         "activities": [],
+        "opportunities": [],
         "subscriptions": [{**good["subscriptions"][0], "subscription_id": "s-9", "end_date": "2026-01-01"}],
     }
     response = _post(
@@ -246,6 +247,56 @@ def test_churn_rejects_account_without_active_subscription(client, service) -> N
     assert [r["account_id"] for r in body["results"]] == ["a-9"]
     assert body["rejected"][0]["account_id"] == "a-10"
     assert "no subscription is active" in body["rejected"][0]["errors"][0]
+
+
+@pytest.mark.parametrize(
+    ("deal_changes", "field"),
+    [
+        ({"account_id": "a-other"}, "opportunities[0].account_id"),
+        ({"created_at": "2027-01-05"}, "opportunities[0].created_at"),
+        ({"type": "upsell"}, "opportunities.0.type"),
+        ({"outcome": "lost"}, "opportunities[0].closed_at"),
+        (
+            {"history": [{"changed_at": "2026-12-01", "stage": "demo"}]},
+            "opportunities[0].history[0].changed_at",
+        ),
+        ({"history": [{"stage": "demo"}]}, "opportunities.0.history.0.changed_at"),
+        ({"amount": -3}, "opportunities.0.amount"),
+        ({"created_at": None}, "opportunities.0.created_at"),
+    ],
+)
+def test_churn_rejects_a_bad_nested_deal_naming_the_field(client, service, deal_changes, field) -> None:
+    good = copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0])
+    bad = copy.deepcopy(good)
+    bad["account_id"] = "a-11"
+    bad["subscriptions"][0]["subscription_id"] = "s-11"
+    bad["tickets"], bad["activities"] = [], []
+    bad["opportunities"] = [{**good["opportunities"][0], "opportunity_id": "o-11", **deal_changes}]
+    other = {**copy.deepcopy(bad), "account_id": "a-12", "opportunities": []}
+    other["subscriptions"][0]["subscription_id"] = "s-12"
+    response = _post(
+        client, service, "/v1/accounts/churn", {"as_of": "2026-11-01", "accounts": [good, bad, other]}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["account_id"] for r in body["results"]] == ["a-9", "a-12"]
+    assert [(r["index"], r["account_id"]) for r in body["rejected"]] == [(1, "a-11")]
+    assert any(error.startswith(f"{field}:") for error in body["rejected"][0]["errors"]), body["rejected"]
+
+
+def test_churn_deal_account_defaults_to_the_enclosing_account(client, service) -> None:
+    payload = copy.deepcopy(EXAMPLE_CHURN_REQUEST)
+    deal = payload["accounts"][0]["opportunities"][0]
+    assert "account_id" not in deal
+    default = _post(client, service, "/v1/accounts/churn?include_features=true", payload).json()
+    deal["account_id"] = payload["accounts"][0]["account_id"]
+    explicit = _post(client, service, "/v1/accounts/churn?include_features=true", payload).json()
+    payload["accounts"][0]["opportunities"] = []
+    without = _post(client, service, "/v1/accounts/churn?include_features=true", payload).json()
+    assert default["results"] == explicit["results"]
+    assert default["results"][0]["features"]["acct_open_renewal_opps"] == 1
+    assert default["results"][0]["features"]["acct_renewal_stage_index"] is not None
+    assert without["results"][0]["features"]["acct_open_renewal_opps"] == 0
 
 
 def test_batch_of_1000_records(client, service, crm_tables) -> None:

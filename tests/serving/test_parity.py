@@ -83,38 +83,78 @@ def test_opportunity_features_and_scores_match_the_batch_path(client, service, r
     assert np.ptp(api_p) > 0
 
 
-def test_churn_features_and_scores_match_the_batch_path(client, service, registry, crm_tables) -> None:
+# Renewal features need deals open or just decided at as_of: few remain open at the export date of
+# the synthetic CRM, many at this earlier date (about 40 customers, 10 with an open renewal).
+RENEWAL_AS_OF = pd.Timestamp("2024-09-30")
+RENEWAL_FEATURES = [
+    "acct_open_renewal_opps",
+    "acct_open_renewal_amount",
+    "acct_renewal_stage_index",
+    "acct_renewal_days_since_update",
+    "acct_renewals_lost_60d",
+    "acct_renewals_won_60d",
+]
+
+
+@pytest.mark.parametrize("as_of", [EXPORT, RENEWAL_AS_OF], ids=["export", "mid-history"])
+def test_churn_features_and_scores_match_the_batch_path(client, service, registry, crm_tables, as_of) -> None:
     tables = crm_tables["tables"]
     subs = tables["subscriptions"]
-    active = subs[(subs["start_date"] <= EXPORT) & (subs["end_date"].isna() | (subs["end_date"] > EXPORT))]
-    ids = sorted(active["account_id"].unique())[:25]
+    active = subs[(subs["start_date"] <= as_of) & (subs["end_date"].isna() | (subs["end_date"] > as_of))]
+    ids = sorted(active["account_id"].unique())[:50]
     assert len(ids) >= 10
-    records = account_records(tables, ids, EXPORT)
+    # Each account with its deals (and their history up to as_of), as a CRM holds them at as_of.
+    records = account_records(tables, ids, as_of)
+    assert sum(len(record["opportunities"]) for record in records) >= len(ids)
     response = client.post(
         "/v1/accounts/churn",
         params={"include_features": "true"},
-        json={"as_of": EXPORT.date().isoformat(), "accounts": records},
+        json={"as_of": as_of.isoformat(), "accounts": records},
         headers=service.headers(),
     )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["rejected"] == []
-    time_columns = {
-        "subscriptions": "start_date",
-        "usage": "date",
-        "tickets": "opened_at",
-        "surveys": "responded_at",
-        "activities": "occurred_at",
+    # The batch path on the loaded tables restricted to these accounts, everything they hold (also
+    # facts after as_of: the builder's as-of rules must ignore them as the API records omit them).
+    # Batch churn scoring passes no current state of the deals; neither does the API.
+    subset = {
+        name: tables[name][tables[name]["account_id"].isin(ids)]
+        for name in (
+            "accounts",
+            "subscriptions",
+            "usage",
+            "tickets",
+            "surveys",
+            "activities",
+            "opportunities",
+        )
     }
-    subset = {"accounts": tables["accounts"][tables["accounts"]["account_id"].isin(ids)]}
-    for name, column in time_columns.items():
-        frame = tables[name]
-        subset[name] = frame[frame["account_id"].isin(ids) & (frame[column] <= EXPORT)]
-    batch = build_account_features(subset, EXPORT)
+    history = tables["opportunity_history"]
+    subset["opportunity_history"] = history[
+        history["opportunity_id"].isin(subset["opportunities"]["opportunity_id"])
+    ]
+    batch = build_account_features(subset, as_of)
     churn = registry.bundles["churn"]
+    assert set(RENEWAL_FEATURES) <= set(churn.feature_names)
     _compare_features(body["results"], batch, "account_id", churn.feature_names)
     batch = batch.set_index("account_id").loc[[r["account_id"] for r in body["results"]]]
     np.testing.assert_allclose(
         [r["churn_probability"] for r in body["results"]], churn.predict(batch), atol=1e-6
     )
     np.testing.assert_allclose([r["arr"] for r in body["results"]], batch["arr"].to_numpy(), atol=0.01)
+    if as_of == RENEWAL_AS_OF:
+        # Not a vacuous parity: the renewal deals sent in the request do reach the features.
+        assert (batch["acct_open_renewal_opps"] > 0).sum() >= 3
+        assert batch["acct_renewal_stage_index"].notna().sum() >= 1
+        assert (batch["acct_renewals_lost_60d"] + batch["acct_renewals_won_60d"] > 0).sum() >= 1
+        without = client.post(
+            "/v1/accounts/churn",
+            params={"include_features": "true"},
+            json={
+                "as_of": as_of.isoformat(),
+                "accounts": account_records(tables, ids, as_of, with_opportunities=False),
+            },
+            headers=service.headers(),
+        ).json()
+        assert sum(r["features"]["acct_open_renewal_opps"] for r in without["results"]) == 0

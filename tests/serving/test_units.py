@@ -17,7 +17,7 @@ from serving.requests import (
     prepare_accounts,
     prepare_opportunities,
 )
-from serving.schemas import EXAMPLE_CHURN_REQUEST, EXAMPLE_OPPORTUNITY_REQUEST
+from serving.schemas import EXAMPLE_CHURN_REQUEST, EXAMPLE_OPPORTUNITY_REQUEST, MAX_NESTED_ROWS
 
 AS_OF = pd.Timestamp("2026-11-01")
 
@@ -133,6 +133,62 @@ def test_prepare_accounts_keeps_usage_metrics_numeric() -> None:
     assert batch.accepted == [(0, "a-9")]
     assert batch.tables["usage"]["reports_run"].dtype == "float64"
     assert batch.rejected[0]["errors"][0].startswith("usage[0].seats:")
+
+
+def test_prepare_accounts_builds_the_deal_tables_without_a_current_state_row() -> None:
+    record = copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0])
+    deal = record["opportunities"][0]
+    deal.update(stage="Commit", amount=9999)  # current state: not a history row (batch churn rule)
+    closed = {
+        "opportunity_id": "o-8",
+        "created_at": "2025-11-01",
+        "type": "renewal",
+        "closed_at": "2026-10-01",
+        "outcome": "lost",
+    }
+    record["opportunities"].append(closed)
+    batch = prepare_accounts([record], AS_OF)
+    assert batch.rejected == []
+    opps = batch.tables["opportunities"]
+    assert opps["opportunity_id"].tolist() == ["o-7", "o-8"]
+    assert opps["account_id"].tolist() == ["a-9", "a-9"]  # defaults to the enclosing account
+    assert opps["type"].tolist() == ["renewal", "renewal"]
+    assert opps["outcome"].tolist() == [None, "lost"]
+    assert str(opps["closed_at"].dtype) == "datetime64[ns]"
+    history = batch.tables["opportunity_history"]
+    assert history["opportunity_id"].tolist() == ["o-7", "o-7"]
+    assert history["stage"].tolist() == ["prospecting", "negotiation"]
+    assert 9999 not in history["amount"].tolist()
+
+
+def test_prepare_accounts_rejects_deal_conflicts_per_record() -> None:
+    first = copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0])
+    second = copy.deepcopy(first)
+    second.update(account_id="a-2", subscriptions=[], tickets=[], activities=[])
+    # The same deal id under two accounts, and twice in one account.
+    third = {**copy.deepcopy(second), "account_id": "a-3", "opportunities": []}
+    third["opportunities"] = [
+        {"opportunity_id": "o-30", "created_at": "2026-01-01"},
+        {"opportunity_id": "o-30", "created_at": "2026-02-01"},
+    ]
+    batch = prepare_accounts([first, second, third], AS_OF)
+    assert batch.accepted == [(0, "a-9")]
+    errors = {item["account_id"]: item["errors"] for item in batch.rejected}
+    assert errors["a-2"] == ["opportunities[0].opportunity_id: 'o-7' is also given with account 'a-9'"]
+    assert errors["a-3"] == ["opportunities[1].opportunity_id: 'o-30' is also given as opportunities[0]"]
+
+
+def test_nested_lists_are_limited_per_record() -> None:
+    record = copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0])
+    change = {"changed_at": "2026-10-01", "stage": "demo"}
+    record["opportunities"][0]["history"] = [change] * (MAX_NESTED_ROWS + 1)
+    small = {**copy.deepcopy(EXAMPLE_CHURN_REQUEST["accounts"][0]), "account_id": "a-2", "opportunities": []}
+    small["subscriptions"][0]["subscription_id"] = "s-2"
+    small["tickets"], small["activities"] = [], []
+    batch = prepare_accounts([record, small], AS_OF)
+    assert batch.accepted == [(1, "a-2")]
+    (error,) = batch.rejected[0]["errors"]
+    assert error.startswith("opportunities.0.history: List should have at most 10000 items"), error
 
 
 class _FakeBundle:
