@@ -169,7 +169,12 @@ def feature_columns(
     columns = list(flist.categorical) + list(flist.numeric)
     if kind == "account":
         for metric in usage_metrics_in_frame(frame):
-            columns += [template.format(metric=metric) for template in flist.usage_per_metric]
+            columns += [
+                template.format(metric=metric)
+                for template in flist.usage_per_metric
+                # the users metric divided by itself is empty by construction: not a feature
+                if not (metric == params.account.usage_users_metric and "_per_user_" in template)
+            ]
         if flist.usage_days_since and flist.usage_days_since in frame.columns:
             columns.append(flist.usage_days_since)
     missing = [c for c in columns if c not in frame.columns]

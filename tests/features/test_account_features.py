@@ -240,3 +240,23 @@ def test_usage_per_mrr_and_per_user():
     assert row["acct_usage_active_users_last_per_kmrr"] == pytest.approx(2 * last)
     assert row["acct_usage_reports_run_per_user_30d"] == pytest.approx(3.0 / recent["active_users"].mean())
     assert np.isnan(row["acct_usage_active_users_per_user_30d"])  # users per user is not a signal
+
+
+def test_users_per_user_is_not_a_model_feature():
+    from features.params import feature_columns, load_params
+
+    params = load_params()
+    frame = pd.DataFrame(
+        columns=[
+            *params.account_features.categorical,
+            *params.account_features.numeric,
+            *(
+                t.format(metric=m)
+                for m in ("active_users", "reports_run")
+                for t in params.account_features.usage_per_metric
+            ),
+        ]
+    )
+    columns = feature_columns("account", frame, params)
+    assert "acct_usage_reports_run_per_user_30d" in columns
+    assert "acct_usage_active_users_per_user_30d" not in columns
