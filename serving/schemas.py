@@ -153,8 +153,8 @@ class AccountOpportunityIn(_Record):
 
     The churn features read a deal's type and dates, its outcome once closed at or before ``as_of``,
     and its stage and amount as of ``as_of`` from ``history`` -- the rule of batch churn scoring
-    (``revcast score accounts``), where the deals' current-state columns are not read either. Send the
-    current stage and amount as the latest history row, dated when they were entered.
+    (``revcast score accounts``), which does not read the deals' current stage and amount either. Send
+    the current stage and amount as the latest history row, dated when they were entered.
     """
 
     opportunity_id: Id
