@@ -151,7 +151,8 @@ def main() -> None:
     from serving.config import config_from_env
     from serving.requests import prepare_accounts, prepare_opportunities
     from serving.service import LoadedModel, ModelSet, score_accounts, score_opportunities
-    from tests.serving.conftest import start_mlflow_server, start_service, stop
+    from tests.servers import start_mlflow_server, stop
+    from tests.serving.conftest import start_service
     from tests.serving.crm import EXPORT, account_records, opportunity_records, write_crm_csv
     from tests.serving.models import register_bundle, train_bundle, training_frames
 
@@ -307,7 +308,7 @@ def start_mlflow_serve(
     server_env: dict[str, str],
 ) -> str:
     """Start `mlflow models serve --env-manager local` on a registered revcast model; return its URL."""
-    from tests.serving.conftest import BIN, free_port, wait_for
+    from tests.servers import BIN, free_port, wait_for
 
     print(f"starting mlflow models serve (revcast-{model}) ...", flush=True)
     port = free_port()

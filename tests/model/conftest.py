@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.servers import BIN, start_mlflow_server, stop
 
 FEATURES = ["num_signal", "num_noise", "cat_segment"]
 CATEGORICAL_COLUMNS = ["cat_segment"]
@@ -113,72 +108,17 @@ def frame_factory() -> Callable:
     return make_frame
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (free port, temporary SQLite backend and artifact root).
 
     Yields the tracking URI; the server is stopped at teardown.
     """
-    mlflow_binary = Path(sys.executable).with_name("mlflow")
-    if not mlflow_binary.exists():
+    if not (BIN / "mlflow").exists():
         pytest.skip(f"mlflow command not found next to {sys.executable}")
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    log_path = root / "server.log"
-    command = [
-        str(mlflow_binary),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            start_new_session=True,
-            env=dict(os.environ),
-        )
-    uri = f"http://127.0.0.1:{port}"
-    # Generous: imports alone take a minute on a loaded 2-core machine.
-    deadline = time.monotonic() + 300
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health in 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield uri
+        # Generous: imports alone take a minute on a loaded 2-core machine.
+        yield server.wait_ready(timeout_s=300)
     finally:
-        if process.poll() is None:
-            # The server forks workers; stop the whole process group it leads (ours only).
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop(server.process)
