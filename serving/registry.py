@@ -89,13 +89,16 @@ def download_bundle(model: str, version: str | int, destination: str | Path, uri
         Path of the local bundle directory.
     """
     import mlflow.artifacts
+    from mlflow import MlflowClient
 
     resolved = uri or tracking_uri()
+    # A `models:/` URI is resolved by MLflow against the process-wide registry URI whatever
+    # `registry_uri` says, so the version's own location is looked up with a client bound to
+    # `resolved` and downloaded from there.
+    client = MlflowClient(tracking_uri=resolved, registry_uri=resolved)
+    source = client.get_model_version_download_uri(registered_name(model), str(version))
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{registered_name(model)}/{version}",
-        dst_path=str(destination),
-        tracking_uri=resolved,
-        registry_uri=resolved,
+        artifact_uri=source, dst_path=str(destination), tracking_uri=resolved
     )
     bundle_dir = Path(local) / "artifacts" / BUNDLE_ARTIFACT
     if not bundle_dir.is_dir():

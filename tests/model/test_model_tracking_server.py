@@ -209,3 +209,20 @@ def test_metrics_for_mlflow_flattens_and_skips_missing():
         "auc.ci_hi": 0.8,
     }
     assert json.loads(tracking.flatten_params({"a": {"b": [1, 2]}})["a.b"]) == [1, 2]
+
+
+def test_resolve_bundle_uses_the_given_uri_not_the_process_default(runs, tmp_path, monkeypatch):
+    import mlflow
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    mlflow.set_tracking_uri(other)
+    mlflow.set_registry_uri(other)
+    try:
+        champion, info = resolve_bundle("win", tracking_uri=runs["uri"])
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert info["version"] == "3"
+    np.testing.assert_array_equal(champion.predict(runs["test_set"]), runs["good"].predict(runs["test_set"]))
