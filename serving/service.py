@@ -44,6 +44,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.coalesce import RequestCoalescer, ScoringJob, merge_batches, split_body
 from serving.config import ServiceConfig, config_from_env, grade_for, risk_band_for, score_for
 from serving.requests import (
     PreparedBatch,
@@ -605,11 +606,14 @@ class RevcastService:
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
         self._metrics = _metrics()
-        # Scoring runs on its own small pool rather than the server's shared thread pool: dozens of
-        # CPU-bound requests interleaving on a few cores make every one of them slow (fair queueing
-        # keeps the tail short). Prediction endpoints only; health and docs never wait for it.
-        self._scoring_pool = ThreadPoolExecutor(
-            max_workers=self.config.scoring_threads, thread_name_prefix="revcast-score"
+        # Scoring runs on its own few threads rather than the server's shared thread pool: dozens of
+        # CPU-bound requests interleaving on a few cores make every one of them slow. Requests that
+        # wait meanwhile are scored together in one feature build (serving.coalesce). Prediction
+        # endpoints only; health and docs never wait for it.
+        self._coalescer = RequestCoalescer(
+            score_request_jobs,
+            threads=self.config.scoring_threads,
+            max_records=self.config.coalesce_max_records,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -706,10 +710,10 @@ class RevcastService:
             payload = await _read_json_body(request, self.config.max_body_bytes)
             as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
             log["n_records"] = len(records)
-            score = _score_opportunity_records if endpoint == "opportunities" else _score_account_records
-            body = await asyncio.get_running_loop().run_in_executor(
-                self._scoring_pool, score, models, records, as_of, self.config, include_features
-            )
+            job = ScoringRequest(endpoint, models, records, as_of, self.config, include_features)
+            queued = self._coalescer.submit(job.merge_key(), len(records), job)
+            body = await asyncio.wrap_future(queued.future)
+            log["scored_with"] = queued.scored_with
             log.update(
                 model_version=body["model_version"],
                 n_scored=len(body["results"]),
@@ -882,16 +886,59 @@ class RevcastService:
         return JSONResponse(response.model_dump())
 
 
-def _score_opportunity_records(
-    models: ModelSet, records: list[Any], as_of: pd.Timestamp, config: ServiceConfig, include_features: bool
-) -> dict[str, Any]:
-    return score_opportunities(models, prepare_opportunities(records, as_of), config, include_features)
+@dataclass(frozen=True)
+class ScoringRequest:
+    """What one prediction request asks the scoring threads for.
+
+    Attributes:
+        endpoint: ``opportunities`` or ``accounts``.
+        models: The model set the whole request uses.
+        records: The request's records (decoded JSON, not yet validated).
+        as_of: The timestamp they are scored as of.
+        config: Service settings (grade cuts, number of factors).
+        include_features: Return each record's model features too.
+    """
+
+    endpoint: Literal["opportunities", "accounts"]
+    models: ModelSet
+    records: list[Any]
+    as_of: pd.Timestamp
+    config: ServiceConfig
+    include_features: bool
+
+    def merge_key(self) -> tuple[Any, ...]:
+        """Requests are scored in one build only when these are equal (the model set by identity)."""
+        return (self.endpoint, id(self.models), self.as_of, self.include_features, id(self.config))
 
 
-def _score_account_records(
-    models: ModelSet, records: list[Any], as_of: pd.Timestamp, config: ServiceConfig, include_features: bool
-) -> dict[str, Any]:
-    return score_accounts(models, prepare_accounts(records, as_of), config, include_features)
+_SCORERS: dict[str, tuple[Callable[..., PreparedBatch], Callable[..., dict[str, Any]], str]] = {
+    "opportunities": (prepare_opportunities, score_opportunities, "opportunity_id"),
+    "accounts": (prepare_accounts, score_accounts, "account_id"),
+}
+
+
+def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
+    """Answer bodies of requests with one merge key, from one feature build (see serving.coalesce).
+
+    Each request's records are validated on their own (its rejections stay its own); the accepted
+    ones of all requests are scored together with ids namespaced per request, and the answer is cut
+    back per request.
+
+    Args:
+        jobs: Coalescer jobs whose payloads are ``ScoringRequest`` with equal ``merge_key()``.
+
+    Returns:
+        One response body per job, in order.
+    """
+    requests: list[ScoringRequest] = [job.payload for job in jobs]
+    first = requests[0]
+    prepare, score, id_field = _SCORERS[first.endpoint]
+    batches = [prepare(request.records, request.as_of) for request in requests]
+    if len(batches) == 1:
+        return [score(first.models, batches[0], first.config, first.include_features)]
+    merged = merge_batches(batches, [len(request.records) for request in requests])
+    body = score(first.models, merged.batch, first.config, first.include_features)
+    return split_body(body, merged, id_field)
 
 
 def _forecast(

@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pandas as pd
@@ -320,6 +321,44 @@ def test_batch_of_1000_records(client, service, crm_tables) -> None:
     by_id = {r["opportunity_id"]: r["win_probability"] for r in body["results"]}
     first_id = base[0]["opportunity_id"]
     assert by_id[f"{first_id}-0"] == by_id[f"{first_id}-{len(base)}"]
+
+
+def test_concurrent_requests_get_the_answers_they_get_alone(client, service, crm_tables) -> None:
+    """Requests arriving together are scored in shared feature builds (serving.coalesce); each must
+    still get exactly its own answer, here with the same deal id in every request but other facts."""
+    tables = crm_tables["tables"]
+    base = opportunity_records(tables, _open_deals(tables, EXPORT, 16), EXPORT)
+    payloads = []
+    for record in base:
+        record = copy.deepcopy(record)
+        record["opportunity_id"] = "same-id"
+        for activity in record["activities"]:
+            activity.pop("opportunity_id", None)
+        payloads.append({"as_of": EXPORT.isoformat(), "opportunities": [record]})
+    alone = [_post(client, service, "/v1/opportunities/score", payload).json() for payload in payloads]
+
+    def send(payload: dict) -> dict:
+        with httpx.Client(base_url=service.url, timeout=60) as own:
+            response = own.post("/v1/opportunities/score", json=payload, headers=service.headers())
+        assert response.status_code == 200, response.text[:300]
+        return response.json()
+
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        together = list(pool.map(send, payloads))
+    for a, b in zip(together, alone, strict=True):
+        (ra,), (rb,) = a["results"], b["results"]
+        assert ra["opportunity_id"] == "same-id" and a["rejected"] == []
+        assert ra["win_probability"] == pytest.approx(rb["win_probability"], abs=2e-6)
+        assert ra["expected_amount"] == pytest.approx(rb["expected_amount"], rel=1e-6)
+        assert [f["feature"] for f in ra["top_factors"]] == [f["feature"] for f in rb["top_factors"]]
+    assert len({r["results"][0]["win_probability"] for r in alone}) > 1, "the 16 deals should differ"
+    text = service.log.read_text(errors="replace")
+    scored_with = [
+        json.loads(line).get("scored_with")
+        for line in text.splitlines()
+        if line.startswith("{") and '"endpoint":"opportunities"' in line and '"status":200' in line
+    ]
+    assert scored_with and all(isinstance(n, int) and n >= 1 for n in scored_with)
 
 
 def test_forecast(client, service, crm_tables) -> None:
