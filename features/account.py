@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
 from features.params import FeatureParams, load_params
-from features.sql import AsOfArg, dates_frame, days_between, finish_frame, registered, shaped_table
+from features.sql import (
+    AsOfArg,
+    canonical_frame,
+    dates_frame,
+    days_between,
+    fetch_canonical,
+    registered,
+    shaped_table,
+)
 
 CATEGORICAL_OUTPUT = ["acct_industry", "acct_segment", "acct_region"]
 DAYS_PER_MONTH = 30.4375
@@ -477,19 +486,23 @@ def build_account_features(
     }
     usage_stats = None
     with registered(frames) as con:
-        base = con.execute(account_query(params)).df()
-    if metrics:
-        population = base[["account_id", "as_of", "acct_mrr"]].rename(columns={"acct_mrr": "mrr"})
-        usage_frames = {"usage_long": long, "population": population, "dates": dates}
-        with registered(usage_frames) as con:
-            usage_stats = con.execute(usage_query(params)).df()
-    base = finish_frame(base, ["account_id", *CATEGORICAL_OUTPUT])
+        columns = fetch_canonical(con.execute(account_query(params)), ["account_id", *CATEGORICAL_OUTPUT])
+    # An account without tickets, touches or decided renewals has zero of them, not an unknown count.
     count_columns = [f"acct_tickets_{w}d" for w in ap.ticket_windows_days] + ["acct_tickets_open_at_asof"]
     count_columns += [f"acct_touches_{w}d" for w in ap.touch_windows_days]
     count_columns += [
         f"acct_renewals_{outcome}_{w}d" for w in ap.renewal_closed_windows_days for outcome in ("lost", "won")
     ]
-    base[count_columns] = base[count_columns].fillna(0.0)
+    for name in count_columns:
+        columns[name] = np.where(np.isnan(columns[name]), 0.0, columns[name])
+    base = canonical_frame(columns)
+    if metrics:
+        population = base[["account_id", "as_of", "acct_mrr"]].rename(columns={"acct_mrr": "mrr"})
+        usage_frames = {"usage_long": long, "population": population, "dates": dates}
+        with registered(usage_frames) as con:
+            usage_stats = canonical_frame(
+                fetch_canonical(con.execute(usage_query(params)), ["account_id", "metric"])
+            )
     if usage_stats is not None:
         usage_stats["as_of"] = pd.to_datetime(usage_stats["as_of"]).astype("datetime64[ns]")
         wide = _usage_wide(usage_stats, metrics, params)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 
 from features.params import FeatureParams, load_params
 from features.sql import (
     AsOfArg,
+    canonical_frame,
     dates_frame,
     days_between,
-    finish_frame,
+    fetch_canonical,
     registered,
     shaped_table,
     to_timestamps,
@@ -49,6 +51,7 @@ OPPORTUNITY_COLUMNS = {
     "outcome": "lstr",
     "won_amount": "num",
 }
+STRING_OUTPUT = ["opportunity_id", "account_id", "owner_id", *CATEGORICAL_OUTPUT]
 CURRENT_STATE_COLUMNS = {"stage": "lstr", "amount": "num", "expected_close_date": "ts"}
 HISTORY_COLUMNS = {
     "opportunity_id": "str",
@@ -408,13 +411,18 @@ def build_opportunity_features(
         "stage_order": stage_order,
     }
     with registered(frames) as con:
-        result = con.execute(opportunity_query(params)).df()
-    drop = [c for c in result.columns if c.startswith("start_") or c == "prev_as_of"]
-    result = result.drop(columns=drop)
+        columns = fetch_canonical(con.execute(opportunity_query(params)), STRING_OUTPUT)
+    # The dates table's helper columns (as_of windows) are never features.
+    columns = {k: v for k, v in columns.items() if not (k.startswith("start_") or k == "prev_as_of")}
     # A deal without any activity row has zero activities, not an unknown count.
-    count_columns = [
-        c for c in result.columns if c.startswith("opp_") and (c.endswith("d") and c[-2].isdigit())
-    ]
-    count_columns.append("opp_activities_total")
-    result[count_columns] = result[count_columns].fillna(0)
-    return finish_frame(result, ["opportunity_id", "account_id", "owner_id", *CATEGORICAL_OUTPUT])
+    for name, values in columns.items():
+        if _is_activity_count(name):
+            columns[name] = np.where(np.isnan(values), 0.0, values)
+    return canonical_frame(columns)
+
+
+def _is_activity_count(column: str) -> bool:
+    """Windowed activity counts (opp_<type>_<w>d) and the total, which are 0 for a deal without activity."""
+    return column == "opp_activities_total" or (
+        column.startswith("opp_") and column.endswith("d") and column[-2].isdigit()
+    )

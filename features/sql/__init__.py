@@ -357,3 +357,87 @@ def finish_frame(frame: pd.DataFrame, string_columns: Iterable[str]) -> pd.DataF
         out[col] = values
     # Built in one constructor call: per-column insertion is the main fixed cost on small results.
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)), columns=list(frame.columns))
+
+
+# Result column types `fetch_canonical` converts itself; any other type falls back to `.df()` +
+# `finish_frame` (e.g. DECIMAL, BOOLEAN, DATE: not produced by the feature queries).
+_NUMERIC_RESULT_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "FLOAT",
+        "DOUBLE",
+    }
+)
+
+
+def fetch_canonical(result: Any, string_columns: Iterable[str]) -> dict[str, np.ndarray]:
+    """A query result's columns as canonical arrays: what `finish_frame(result.df(), ...)` holds.
+
+    `.df()` builds a DataFrame column by column (with nullable extension dtypes for integer columns
+    holding NULLs) only for `finish_frame` to rebuild it; on the few-row results of the serving path
+    that double construction cost about as much as running the query. This reads the columns once
+    as numpy arrays (`fetchnumpy`) and converts each the way `finish_frame` does.
+
+    Args:
+        result: A DuckDB connection holding an executed query's result.
+        string_columns: Columns to return as object arrays of str/None (the others are numeric,
+            except `as_of`, a timestamp).
+
+    Returns:
+        Column name -> array in result column order: `as_of` datetime64[ns], string columns object
+        (None for NULL), every other column float64 (NaN for NULL).
+    """
+    string_columns = set(string_columns)
+    types = [(name, str(kind)) for name, kind, *_ in result.description]
+    if not all(_convertible(name, kind, string_columns) for name, kind in types):
+        frame = finish_frame(result.df(), string_columns)
+        return {name: frame[name].to_numpy() for name in frame.columns}
+    raw = result.fetchnumpy()
+    out: dict[str, np.ndarray] = {}
+    for name, _ in types:
+        values = raw[name]
+        masked = isinstance(values, np.ma.MaskedArray)
+        if name == "as_of":
+            out[name] = values.filled(np.datetime64("NaT", "ns")) if masked else values
+        elif name in string_columns:
+            if masked:
+                values = np.where(np.ma.getmaskarray(values), None, values.data)
+            out[name] = _none_for_missing(values)
+        elif masked:
+            out[name] = values.astype("float64").filled(np.nan)
+        else:
+            out[name] = values.astype("float64", copy=False)
+    return out
+
+
+def _none_for_missing(values: np.ndarray) -> np.ndarray:
+    """An object array with None wherever `pd.isna` holds (as `finish_frame` makes text columns)."""
+    if len(values) <= _SMALL_TEXT:
+        cells = [None if value is None or pd.isna(value) else value for value in values.tolist()]
+        text = np.empty(len(cells), dtype=object)
+        text[:] = cells
+        return text
+    series = pd.Series(values, dtype=object)
+    return series.where(series.notna(), None).to_numpy()
+
+
+def _convertible(name: str, kind: str, string_columns: set[str]) -> bool:
+    if name == "as_of":
+        return kind == "TIMESTAMP_NS"
+    if name in string_columns:
+        return kind == "VARCHAR"
+    return kind in _NUMERIC_RESULT_TYPES
+
+
+def canonical_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One DataFrame (default RangeIndex) from canonical column arrays, in one constructor call."""
+    n_rows = len(next(iter(columns.values()))) if columns else 0
+    return pd.DataFrame(dict(columns), index=pd.RangeIndex(n_rows), columns=list(columns))
