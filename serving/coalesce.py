@@ -28,9 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
-
-from serving.requests import PreparedBatch
+from serving.requests import PreparedBatch, _text, build_tables
 
 ID_SEPARATOR = "\x1f"
 
@@ -46,17 +44,14 @@ def split_namespaced(value: str) -> tuple[int, str]:
     return int(prefix), original
 
 
-def _namespace_frame(frame: pd.DataFrame, request_index: int) -> pd.DataFrame:
-    id_columns = [column for column in frame.columns if str(column).endswith("_id")]
-    if frame.empty or not id_columns:
-        return frame
-    out = frame.copy()
-    prefix = f"{request_index}{ID_SEPARATOR}"
-    for column in id_columns:
-        out[column] = [
-            None if value is None or value != value else prefix + str(value) for value in out[column]
-        ]
-        out[column] = out[column].astype(object)
+def _namespace_row(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A table row with every ``*_id`` value prefixed (after the canonical text clean-up, so that the
+    table builder's own clean-up leaves the prefixed value as it is)."""
+    out = dict(row)
+    for name, value in row.items():
+        if name.endswith("_id"):
+            text = _text(value)
+            out[name] = None if text is None else prefix + text
     return out
 
 
@@ -81,7 +76,8 @@ def merge_batches(batches: Sequence[PreparedBatch], n_records: Sequence[int]) ->
     """Merge prepared batches of requests with the same ``as_of`` into one (ids namespaced).
 
     Args:
-        batches: Each request's prepared batch (``serving.requests.prepare_*``).
+        batches: Each request's prepared batch (``serving.requests.prepare_*``); only their ``rows``
+            are read (they may be prepared ``with_tables=False``).
         n_records: Number of records each request sent (accepted or not), for the global indices.
 
     Returns:
@@ -96,20 +92,15 @@ def merge_batches(batches: Sequence[PreparedBatch], n_records: Sequence[int]) ->
     offsets = [0]
     for count in n_records[:-1]:
         offsets.append(offsets[-1] + count)
-    names = list(dict.fromkeys(name for batch in batches for name in batch.tables))
-    tables = {}
-    for name in names:
-        parts = [
-            _namespace_frame(batch.tables[name], k)
+    names = list(dict.fromkeys(name for batch in batches for name in batch.rows))
+    rows = {
+        name: [
+            _namespace_row(row, f"{k}{ID_SEPARATOR}")
             for k, batch in enumerate(batches)
-            if name in batch.tables and not batch.tables[name].empty
+            for row in batch.rows.get(name, ())
         ]
-        if not parts:
-            tables[name] = next(b.tables[name] for b in batches if name in b.tables)
-        elif len(parts) == 1:
-            tables[name] = parts[0].reset_index(drop=True)
-        else:
-            tables[name] = pd.concat(parts, ignore_index=True)
+        for name in names
+    }
     accepted = [
         (offsets[k] + index, namespaced(k, caller_id))
         for k, batch in enumerate(batches)
@@ -120,7 +111,9 @@ def merge_batches(batches: Sequence[PreparedBatch], n_records: Sequence[int]) ->
         for k, batch in enumerate(batches)
         for caller_id, item in batch.values.items()
     }
-    merged = PreparedBatch(tables=tables, accepted=accepted, rejected=[], as_of=as_of, values=values)
+    merged = PreparedBatch(
+        tables=build_tables(rows), accepted=accepted, rejected=[], as_of=as_of, values=values, rows=rows
+    )
     return MergedBatch(batch=merged, offsets=offsets, sources=list(batches))
 
 

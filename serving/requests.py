@@ -82,6 +82,8 @@ class PreparedBatch:
         as_of: The timestamp the records are scored as of (timezone-naive UTC).
         values: Per accepted caller id, values the response needs besides the model output
             (``amount`` of a deal, ``arr`` of an account).
+        rows: The table rows the tables are built from (``build_tables``); kept so that several
+            requests' rows can be merged before any frame is built (serving.coalesce).
     """
 
     tables: Tables
@@ -89,6 +91,7 @@ class PreparedBatch:
     rejected: list[dict[str, Any]]
     as_of: pd.Timestamp
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def reject(self, index: int, caller_id: str, id_field: str, errors: list[str]) -> None:
         """Move an accepted record to ``rejected`` (e.g. when the feature builder returns no row for it)."""
@@ -331,7 +334,38 @@ def _empty_tables(names: Iterable[str]) -> Tables:
     return {name: _frame([], TABLE_COLUMNS[name], keep_extra=False) for name in names}
 
 
-def prepare_opportunities(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBatch:
+# Nested rows with their own id: given twice within one request, the first one is kept.
+_DEDUPLICATED_TABLES = {
+    "subscriptions": "subscription_id",
+    "tickets": "ticket_id",
+    "activities": "activity_id",
+}
+
+
+def build_tables(rows: Mapping[str, Sequence[dict[str, Any]]]) -> Tables:
+    """Canonical tables from the table rows of prepared records (``PreparedBatch.rows``).
+
+    Args:
+        rows: Table name -> rows.
+
+    Returns:
+        One frame per table with the contract's dtypes (usage keeps its extra numeric metric columns);
+        subscriptions, tickets and activities keep the first row of each id.
+    """
+    tables = {
+        name: _frame(table_rows, TABLE_COLUMNS[name], keep_extra=name == "usage")
+        for name, table_rows in rows.items()
+    }
+    for name, key in _DEDUPLICATED_TABLES.items():
+        frame = tables.get(name)
+        if frame is not None and len(frame) > 1 and frame[key].duplicated().any():
+            tables[name] = frame.drop_duplicates(subset=[key], keep="first").reset_index(drop=True)
+    return tables
+
+
+def prepare_opportunities(
+    records: Sequence[Any], as_of: pd.Timestamp, *, with_tables: bool = True
+) -> PreparedBatch:
     """Validate opportunity records and build the tables the win/amount features are computed from.
 
     Each record's current state (stage, amount, expected_close_date) is its state as of ``as_of``;
@@ -340,6 +374,8 @@ def prepare_opportunities(records: Sequence[Any], as_of: pd.Timestamp) -> Prepar
     Args:
         records: The ``opportunities`` list of the request (decoded JSON).
         as_of: Timestamp the deals are scored as of.
+        with_tables: False leaves ``tables`` empty (only ``rows``), for requests merged before
+            their tables are built.
 
     Returns:
         The batch: tables ``accounts``, ``opportunities``, ``opportunity_history``, ``activities``.
@@ -400,11 +436,10 @@ def prepare_opportunities(records: Sequence[Any], as_of: pd.Timestamp) -> Prepar
                     activity, TABLE_COLUMNS["activities"], account_id=parsed.account_id, opportunity_id=opp_id
                 )
             )
-    tables = {
-        name: _frame(table_rows, TABLE_COLUMNS[name], keep_extra=False) for name, table_rows in rows.items()
-    }
-    # Nested objects are not table columns.
-    return PreparedBatch(tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values)
+    tables = build_tables(rows) if with_tables else {}
+    return PreparedBatch(
+        tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values, rows=rows
+    )
 
 
 def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
@@ -435,7 +470,9 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
     return errors
 
 
-def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBatch:
+def prepare_accounts(
+    records: Sequence[Any], as_of: pd.Timestamp, *, with_tables: bool = True
+) -> PreparedBatch:
     """Validate churn records (accounts with their subscriptions, usage, ...) and build their tables.
 
     Each nested deal becomes an ``opportunities`` row of the account and its ``history`` rows become
@@ -447,6 +484,7 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
     Args:
         records: The ``accounts`` list of the request (decoded JSON).
         as_of: Timestamp the accounts are scored as of.
+        with_tables: False leaves ``tables`` empty (only ``rows``), as for ``prepare_opportunities``.
 
     Returns:
         The batch: tables ``accounts``, ``subscriptions``, ``usage``, ``tickets``, ``surveys``,
@@ -507,14 +545,10 @@ def prepare_accounts(records: Sequence[Any], as_of: pd.Timestamp) -> PreparedBat
                 rows["opportunity_history"].append(
                     _row(change, TABLE_COLUMNS["opportunity_history"], opportunity_id=deal.opportunity_id)
                 )
-    tables = {
-        name: _frame(table_rows, TABLE_COLUMNS[name], keep_extra=name == "usage")
-        for name, table_rows in rows.items()
-    }
-    for name in ("subscriptions", "tickets", "activities"):
-        key = {"subscriptions": "subscription_id", "tickets": "ticket_id", "activities": "activity_id"}[name]
-        tables[name] = tables[name].drop_duplicates(subset=[key], keep="first").reset_index(drop=True)
-    return PreparedBatch(tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values)
+    tables = build_tables(rows) if with_tables else {}
+    return PreparedBatch(
+        tables=tables, accepted=accepted, rejected=rejected, as_of=as_of, values=values, rows=rows
+    )
 
 
 # Nested lists whose rows have their own id: an id given with two accounts is a per-record rejection.

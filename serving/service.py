@@ -933,9 +933,11 @@ def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
     requests: list[ScoringRequest] = [job.payload for job in jobs]
     first = requests[0]
     prepare, score, id_field = _SCORERS[first.endpoint]
-    batches = [prepare(request.records, request.as_of) for request in requests]
-    if len(batches) == 1:
-        return [score(first.models, batches[0], first.config, first.include_features)]
+    if len(requests) == 1:
+        return [
+            score(first.models, prepare(first.records, first.as_of), first.config, first.include_features)
+        ]
+    batches = [prepare(request.records, request.as_of, with_tables=False) for request in requests]
     merged = merge_batches(batches, [len(request.records) for request in requests])
     body = score(first.models, merged.batch, first.config, first.include_features)
     return split_body(body, merged, id_field)
