@@ -431,6 +431,53 @@ def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeaturePar
     return out.reset_index()
 
 
+def account_frames(
+    tables: dict[str, pd.DataFrame], as_of: AsOfArg, params: FeatureParams
+) -> dict[str, pd.DataFrame]:
+    """The relations `account_query` reads, shaped from canonical tables.
+
+    Args:
+        tables: Canonical tables (as for `build_account_features`).
+        as_of: One as-of date or a sequence.
+        params: Feature parameters.
+
+    Returns:
+        Relation name -> frame: subs, tickets, surveys, touches, open_opps, hist, stage_order, accts,
+        dates (whose window columns also serve `usage_query`).
+    """
+    ap = params.account
+    windows = _windows(params)
+    dates = dates_frame(
+        as_of,
+        {
+            *ap.mrr_change_windows_days,
+            *ap.ticket_windows_days,
+            *ap.touch_windows_days,
+            *ap.renewal_closed_windows_days,
+            *windows.values(),
+            max(windows["trend"], windows["baseline"]),
+        },
+    )
+    surveys = shaped_table(tables, "surveys", SURVEY_COLUMNS)
+    surveys["src_order"] = range(len(surveys))
+    history = shaped_table(tables, "opportunity_history", HISTORY_COLUMNS)
+    history["src_order"] = range(len(history))
+    stage_order = pd.DataFrame(
+        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
+    )
+    return {
+        "subs": shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS),
+        "tickets": shaped_table(tables, "tickets", TICKET_COLUMNS),
+        "surveys": surveys,
+        "touches": shaped_table(tables, "activities", TOUCH_COLUMNS),
+        "open_opps": shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS),
+        "hist": history,
+        "stage_order": stage_order,
+        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
+        "dates": dates,
+    }
+
+
 def build_account_features(
     tables: dict[str, pd.DataFrame],
     as_of: AsOfArg,
@@ -453,37 +500,9 @@ def build_account_features(
     if "subscriptions" not in tables:
         raise KeyError("build_account_features needs the 'subscriptions' table")
     ap = params.account
-    windows = _windows(params)
-    dates = dates_frame(
-        as_of,
-        {
-            *ap.mrr_change_windows_days,
-            *ap.ticket_windows_days,
-            *ap.touch_windows_days,
-            *ap.renewal_closed_windows_days,
-            *windows.values(),
-            max(windows["trend"], windows["baseline"]),
-        },
-    )
-    surveys = shaped_table(tables, "surveys", SURVEY_COLUMNS)
-    surveys["src_order"] = range(len(surveys))
-    history = shaped_table(tables, "opportunity_history", HISTORY_COLUMNS)
-    history["src_order"] = range(len(history))
-    stage_order = pd.DataFrame(
-        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
-    )
+    frames = account_frames(tables, as_of, params)
+    dates = frames["dates"]
     long, metrics = usage_long(tables)
-    frames = {
-        "subs": shaped_table(tables, "subscriptions", SUBSCRIPTION_COLUMNS),
-        "tickets": shaped_table(tables, "tickets", TICKET_COLUMNS),
-        "surveys": surveys,
-        "touches": shaped_table(tables, "activities", TOUCH_COLUMNS),
-        "open_opps": shaped_table(tables, "opportunities", OPEN_OPP_COLUMNS),
-        "hist": history,
-        "stage_order": stage_order,
-        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
-        "dates": dates,
-    }
     usage_stats = None
     with registered(frames) as con:
         columns = fetch_canonical(con.execute(account_query(params)), ["account_id", *CATEGORICAL_OUTPUT])

@@ -200,13 +200,62 @@ def _smoothed(alias: str, strength: float) -> str:
     )
 
 
-def opportunity_query(params: FeatureParams) -> str:
+def opportunity_query(params: FeatureParams, closed_deals: bool = True) -> str:
     """The SQL text computing opportunity features for every (open deal, as_of) pair.
 
     Expects registered relations: opps, hist, acts, accts, dates, stage_order.
+
+    Args:
+        params: Feature parameters.
+        closed_deals: False when `opps` holds no deal closed as won or lost (always so for the API's
+            records, which are open deals): the track records then read an empty set, and the text
+            states their values (no closes: counts 0, rates unknown) instead of computing them from
+            no rows. Binding the fifteen track-record CTEs is about half of a one-record build.
     """
     smoothing = params.smoothing
     reply_prior = reply_rate_prior(params)
+    if closed_deals:
+        track_record_ctes = f"""
+closed AS (
+    SELECT owner_id, account_id, product, lead_source, closed_at, outcome, won_amount
+    FROM opps WHERE closed_at IS NOT NULL AND outcome IN ('won', 'lost')
+),
+{_track_record_sql("__all__", "glob_tr")},
+{_track_record_sql("owner_id", "rep_tr")},
+{_track_record_sql("account_id", "acct_tr")},
+{_track_record_sql("product", "prod_tr")},
+{_track_record_sql("lead_source", "src_tr")},"""
+        track_record_joins = """
+LEFT JOIN glob_tr gall ON gall.as_of = p.as_of
+LEFT JOIN rep_tr rep ON rep.k = p.owner_id AND rep.as_of = p.as_of
+LEFT JOIN acct_tr acct ON acct.k = p.account_id AND acct.as_of = p.as_of
+LEFT JOIN prod_tr prod ON prod.k = p.product AND prod.as_of = p.as_of
+LEFT JOIN src_tr src ON src.k = p.lead_source AND src.as_of = p.as_of"""
+        track_record_columns = f"""
+       {_smoothed("prod", smoothing.get("product", 20.0))} AS opp_product_win_rate_prior,
+       {_smoothed("src", smoothing.get("lead_source", 20.0))} AS opp_lead_source_win_rate_prior,
+       CASE WHEN p.owner_id IS NOT NULL THEN {_smoothed("rep", smoothing.get("rep", 10.0))} END AS rep_win_rate_closed,
+       CASE WHEN p.owner_id IS NOT NULL THEN COALESCE(rep.n_closed, 0) END AS rep_closed_deals_prior,
+       CASE WHEN rep.n_won > 0 THEN rep.won_amount / rep.n_won END AS rep_avg_won_amount_prior,
+       oc.rep_open_deals,
+       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.n_won, 0) END AS acct_won_deals_prior,
+       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.won_amount, 0) END AS acct_won_amount_prior,
+       CASE WHEN p.account_id IS NOT NULL THEN {_smoothed("acct", smoothing.get("account", 5.0))} END
+           AS acct_win_rate_closed,"""
+    else:
+        # The values the block above gives when `closed` is empty: every track record counts 0
+        # closes, so the smoothed rates (which need gall.n_closed > 0) and the average are NULL.
+        track_record_ctes = track_record_joins = ""
+        track_record_columns = """
+       CAST(NULL AS DOUBLE) AS opp_product_win_rate_prior,
+       CAST(NULL AS DOUBLE) AS opp_lead_source_win_rate_prior,
+       CAST(NULL AS DOUBLE) AS rep_win_rate_closed,
+       CASE WHEN p.owner_id IS NOT NULL THEN 0 END AS rep_closed_deals_prior,
+       CAST(NULL AS DOUBLE) AS rep_avg_won_amount_prior,
+       oc.rep_open_deals,
+       CASE WHEN p.account_id IS NOT NULL THEN 0 END AS acct_won_deals_prior,
+       CASE WHEN p.account_id IS NOT NULL THEN CAST(0 AS DOUBLE) END AS acct_won_amount_prior,
+       CAST(NULL AS DOUBLE) AS acct_win_rate_closed,"""
     return f"""
 WITH
 pop AS (
@@ -287,15 +336,7 @@ stage_act AS (
         AND a.occurred_at > s.stage_entered_at AND a.occurred_at <= s.as_of
     GROUP BY s.opportunity_id, s.as_of
 ),
-closed AS (
-    SELECT owner_id, account_id, product, lead_source, closed_at, outcome, won_amount
-    FROM opps WHERE closed_at IS NOT NULL AND outcome IN ('won', 'lost')
-),
-{_track_record_sql("__all__", "glob_tr")},
-{_track_record_sql("owner_id", "rep_tr")},
-{_track_record_sql("account_id", "acct_tr")},
-{_track_record_sql("product", "prod_tr")},
-{_track_record_sql("lead_source", "src_tr")},
+{track_record_ctes}
 open_counts AS (
     SELECT opportunity_id, as_of,
            CASE WHEN owner_id IS NOT NULL THEN COUNT(*) OVER (PARTITION BY owner_id, as_of) END AS rep_open_deals,
@@ -336,16 +377,7 @@ SELECT p.opportunity_id, p.account_id, p.owner_id, p.as_of,
        CASE WHEN s.n_history > 0
             THEN {days_between("p.created_at", "p.as_of")} / (COALESCE(s.opp_stage_changes, 0) + 1)
        END AS opp_days_per_stage,
-       {_smoothed("prod", smoothing.get("product", 20.0))} AS opp_product_win_rate_prior,
-       {_smoothed("src", smoothing.get("lead_source", 20.0))} AS opp_lead_source_win_rate_prior,
-       CASE WHEN p.owner_id IS NOT NULL THEN {_smoothed("rep", smoothing.get("rep", 10.0))} END AS rep_win_rate_closed,
-       CASE WHEN p.owner_id IS NOT NULL THEN COALESCE(rep.n_closed, 0) END AS rep_closed_deals_prior,
-       CASE WHEN rep.n_won > 0 THEN rep.won_amount / rep.n_won END AS rep_avg_won_amount_prior,
-       oc.rep_open_deals,
-       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.n_won, 0) END AS acct_won_deals_prior,
-       CASE WHEN p.account_id IS NOT NULL THEN COALESCE(acct.won_amount, 0) END AS acct_won_amount_prior,
-       CASE WHEN p.account_id IS NOT NULL THEN {_smoothed("acct", smoothing.get("account", 5.0))} END
-           AS acct_win_rate_closed,
+       {track_record_columns}
        oc.acct_open_deals,
        ac.employees AS acct_employees,
        ac.annual_revenue AS acct_annual_revenue,
@@ -354,12 +386,7 @@ FROM pop p
 LEFT JOIN state s ON s.opportunity_id = p.opportunity_id AND s.as_of = p.as_of
 LEFT JOIN act a ON a.opportunity_id = p.opportunity_id AND a.as_of = p.as_of
 LEFT JOIN stage_act sa ON sa.opportunity_id = p.opportunity_id AND sa.as_of = p.as_of
-LEFT JOIN open_counts oc ON oc.opportunity_id = p.opportunity_id AND oc.as_of = p.as_of
-LEFT JOIN glob_tr gall ON gall.as_of = p.as_of
-LEFT JOIN rep_tr rep ON rep.k = p.owner_id AND rep.as_of = p.as_of
-LEFT JOIN acct_tr acct ON acct.k = p.account_id AND acct.as_of = p.as_of
-LEFT JOIN prod_tr prod ON prod.k = p.product AND prod.as_of = p.as_of
-LEFT JOIN src_tr src ON src.k = p.lead_source AND src.as_of = p.as_of
+LEFT JOIN open_counts oc ON oc.opportunity_id = p.opportunity_id AND oc.as_of = p.as_of{track_record_joins}
 LEFT JOIN accts ac ON ac.account_id = p.account_id AND ac.created_at <= p.as_of
 ORDER BY p.as_of, p.opportunity_id
 """
@@ -392,26 +419,10 @@ def build_opportunity_features(
     params = params or load_params()
     if "opportunities" not in tables:
         raise KeyError("build_opportunity_features needs the 'opportunities' table")
-    current_ts = None if current_state_as_of is None else to_timestamps(current_state_as_of)[0]
-    windows = set(params.activity_windows_days)
-    dates = dates_frame(as_of, windows)
-    stage_order = pd.DataFrame(
-        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
-    )
-    if stage_order.empty:
-        stage_order = pd.DataFrame(
-            {"stage": pd.Series([], dtype=object), "stage_index": pd.Series([], dtype=float)}
-        )
-    frames = {
-        "opps": shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS),
-        "hist": history_with_current_state(tables, current_ts),
-        "acts": shaped_table(tables, "activities", ACTIVITY_COLUMNS),
-        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
-        "dates": dates,
-        "stage_order": stage_order,
-    }
+    frames = opportunity_frames(tables, as_of, params, current_state_as_of=current_state_as_of)
     with registered(frames) as con:
-        columns = fetch_canonical(con.execute(opportunity_query(params)), STRING_OUTPUT)
+        result = con.execute(opportunity_query(params, has_closed_deals(frames["opps"])))
+        columns = fetch_canonical(result, STRING_OUTPUT)
     # The dates table's helper columns (as_of windows) are never features.
     columns = {k: v for k, v in columns.items() if not (k.startswith("start_") or k == "prev_as_of")}
     # A deal without any activity row has zero activities, not an unknown count.
@@ -419,6 +430,48 @@ def build_opportunity_features(
         if _is_activity_count(name):
             columns[name] = np.where(np.isnan(values), 0.0, values)
     return canonical_frame(columns)
+
+
+def opportunity_frames(
+    tables: dict[str, pd.DataFrame],
+    as_of: AsOfArg,
+    params: FeatureParams,
+    *,
+    current_state_as_of: dt.date | dt.datetime | str | pd.Timestamp | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The relations `opportunity_query` reads, shaped from canonical tables.
+
+    Args:
+        tables: Canonical tables (as for `build_opportunity_features`).
+        as_of: One as-of date or a sequence.
+        params: Feature parameters.
+        current_state_as_of: As for `build_opportunity_features`.
+
+    Returns:
+        Relation name -> frame: opps, hist, acts, accts, dates, stage_order.
+    """
+    current_ts = None if current_state_as_of is None else to_timestamps(current_state_as_of)[0]
+    dates = dates_frame(as_of, set(params.activity_windows_days))
+    stage_order = pd.DataFrame(
+        {"stage": list(params.stage_order), "stage_index": [float(i) for i in range(len(params.stage_order))]}
+    )
+    if stage_order.empty:
+        stage_order = pd.DataFrame(
+            {"stage": pd.Series([], dtype=object), "stage_index": pd.Series([], dtype=float)}
+        )
+    return {
+        "opps": shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS),
+        "hist": history_with_current_state(tables, current_ts),
+        "acts": shaped_table(tables, "activities", ACTIVITY_COLUMNS),
+        "accts": shaped_table(tables, "accounts", ACCOUNT_COLUMNS),
+        "dates": dates,
+        "stage_order": stage_order,
+    }
+
+
+def has_closed_deals(opps: pd.DataFrame) -> bool:
+    """Whether the (shaped) opportunities hold a deal closed as won or lost: a track-record input."""
+    return bool((opps["closed_at"].notna() & opps["outcome"].isin(["won", "lost"])).any())
 
 
 def _is_activity_count(column: str) -> bool:

@@ -8,7 +8,11 @@ import pandas as pd
 import pandas.testing as pdt
 import pytest
 
-from features import sql
+from features import account, opportunity, sql
+from features.account import build_account_features
+from features.opportunity import build_opportunity_features
+from features.params import load_params
+from tests.features.conftest import make_random_crm
 
 # A result with every case `fetch_canonical` converts: text with and without NULLs, HUGEINT sums,
 # BIGINT/INTEGER with NULLs (nullable Int64 under `.df()`), doubles with NULLs, and as_of.
@@ -50,3 +54,100 @@ def test_fetch_canonical_falls_back_for_types_it_does_not_convert() -> None:
     query = "SELECT 'a' AS account_id, 1.25::DECIMAL(5, 2) AS d, true AS flag, NULL::BOOLEAN AS maybe"
     general, fast = _both_ways(query, ["account_id"])
     pdt.assert_frame_equal(fast, general, check_exact=True)
+
+
+def _canonical_result(frames: dict[str, pd.DataFrame], query: str) -> pd.DataFrame:
+    with sql.registered(frames) as con:
+        return sql.canonical_frame(sql.fetch_canonical(con.execute(query), opportunity.STRING_OUTPUT))
+
+
+def _without_closed_deals(tables: dict[str, pd.DataFrame], how: str) -> dict[str, pd.DataFrame]:
+    """The CRM with no deal closed as won/lost, in the ways data can say so."""
+    tables = dict(tables)
+    opps = tables["opportunities"].copy()
+    if how == "open_only":  # what the API sends: open deals only
+        opps = opps[opps["closed_at"].isna()].reset_index(drop=True)
+    elif how == "no_outcome":  # closed (so not open afterwards) but without a won/lost outcome
+        opps["outcome"] = None
+    elif how == "outcome_without_close":
+        opps["closed_at"] = pd.NaT
+        opps.loc[opps.index % 3 == 0, "outcome"] = "won"
+    # Missing keys: the track records' NULL handling (no rep / no account) must agree too.
+    opps.loc[opps.index % 5 == 1, "owner_id"] = None
+    opps.loc[opps.index % 7 == 2, "account_id"] = None
+    tables["opportunities"] = opps
+    return tables
+
+
+@pytest.mark.parametrize("how", ["open_only", "no_outcome", "outcome_without_close"])
+@pytest.mark.parametrize("current_state", [False, True])
+def test_query_without_closed_deals_equals_the_general_query(how: str, current_state: bool) -> None:
+    params = load_params()
+    tables = _without_closed_deals(make_random_crm(40, seed=21), how)
+    as_of = ["2024-03-31", "2025-01-15", "2025-12-31"]
+    frames = opportunity.opportunity_frames(
+        tables, as_of, params, current_state_as_of="2025-06-30" if current_state else None
+    )
+    assert not opportunity.has_closed_deals(frames["opps"])
+    general = _canonical_result(frames, opportunity.opportunity_query(params, closed_deals=True))
+    short = _canonical_result(frames, opportunity.opportunity_query(params, closed_deals=False))
+    assert len(general) >= 5
+    assert general["rep_closed_deals_prior"].eq(0).any() and general["acct_won_amount_prior"].eq(0).any()
+    pdt.assert_frame_equal(short, general, check_exact=True)
+
+
+def test_one_record_builds_without_closed_deals_equal_the_general_query() -> None:
+    params = load_params()
+    tables = _without_closed_deals(make_random_crm(12, seed=4), "open_only")
+    opps = tables["opportunities"]
+    for opp_id in opps["opportunity_id"].head(6):
+        one = {
+            "opportunities": opps[opps["opportunity_id"] == opp_id].reset_index(drop=True),
+            "opportunity_history": tables["opportunity_history"].query("opportunity_id == @opp_id"),
+            "activities": tables["activities"].query("opportunity_id == @opp_id"),
+            "accounts": tables["accounts"],
+        }
+        built = build_opportunity_features(one, "2025-12-31", params, current_state_as_of="2025-12-31")
+        frames = opportunity.opportunity_frames(one, "2025-12-31", params, current_state_as_of="2025-12-31")
+        general = _canonical_result(frames, opportunity.opportunity_query(params, closed_deals=True))
+        assert len(built) == 1
+        # The builder's only other steps: zero activity counts for a deal without activities.
+        counts = [c for c in general.columns if opportunity._is_activity_count(c)]
+        general[counts] = general[counts].fillna(0.0)
+        pdt.assert_frame_equal(built, general, check_exact=True)
+
+
+def test_the_short_query_is_only_right_without_closed_deals() -> None:
+    # On data with won/lost deals the two texts differ: the builder must pick the general one.
+    params = load_params()
+    tables = make_random_crm(25, seed=21)
+    frames = opportunity.opportunity_frames(tables, ["2025-01-15", "2025-12-31"], params)
+    assert opportunity.has_closed_deals(frames["opps"])
+    general = _canonical_result(frames, opportunity.opportunity_query(params, closed_deals=True))
+    short = _canonical_result(frames, opportunity.opportunity_query(params, closed_deals=False))
+    assert general["rep_win_rate_closed"].notna().any() and short["rep_win_rate_closed"].isna().all()
+    counts = [c for c in general.columns if opportunity._is_activity_count(c)]
+    general[counts] = general[counts].fillna(0.0)
+    pdt.assert_frame_equal(build_opportunity_features(tables, ["2025-01-15", "2025-12-31"], params), general)
+
+
+def test_feature_query_results_are_converted_without_the_df_fallback() -> None:
+    # A result column of another type (e.g. a DECIMAL literal such as 0.0) would silently send every
+    # build through `.df()` again: same frame, twice the cost. Every query's columns must convert.
+    params = load_params()
+    tables = make_random_crm(12, seed=5)
+    frames = opportunity.opportunity_frames(tables, ["2025-06-30", "2025-12-31"], params)
+    strings = set(opportunity.STRING_OUTPUT)
+    with sql.registered(frames) as con:
+        for closed_deals in (True, False):
+            result = con.execute(opportunity.opportunity_query(params, closed_deals))
+            kinds = [(name, str(kind)) for name, kind, *_ in result.description]
+            result.fetchall()
+            assert [k for k in kinds if not sql._convertible(*k, strings)] == []
+    account_result = build_account_features(tables, ["2025-06-30", "2025-12-31"], params)
+    assert len(account_result) > 0
+    with sql.registered(account.account_frames(tables, ["2025-06-30"], params)) as con:
+        result = con.execute(account.account_query(params))
+        kinds = [(name, str(kind)) for name, kind, *_ in result.description]
+        result.fetchall()
+    assert [k for k in kinds if not sql._convertible(*k, {"account_id", *account.CATEGORICAL_OUTPUT})] == []
