@@ -151,3 +151,45 @@ def test_feature_query_results_are_converted_without_the_df_fallback() -> None:
         kinds = [(name, str(kind)) for name, kind, *_ in result.description]
         result.fetchall()
     assert [k for k in kinds if not sql._convertible(*k, {"account_id", *account.CATEGORICAL_OUTPUT})] == []
+
+
+def _relation_cases() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "text": pd.Series(["a", None, "b", "a"], dtype=object),
+            "no_text": pd.Series([None] * 4, dtype=object),
+            "x": [1.5, np.nan, -2.0, 4.0],
+            "n": np.arange(4, dtype="int64"),
+            "flag": [True, False, True, True],
+            "seen_at": pd.to_datetime(
+                ["2025-01-01T00:00:00", None, "2025-03-01T12:00:00", "2025-02-01T00:00:00"]
+            ).astype("datetime64[ns]"),
+            "at_s": pd.Series(pd.to_datetime(["2025-01-02"] * 4)).astype("datetime64[s]"),
+        }
+    )
+
+
+def test_small_relations_read_as_the_pandas_scan_reads_them() -> None:
+    frame = _relation_cases()
+    relation = sql._arrow_relation(frame)
+    assert not isinstance(relation, pd.DataFrame)  # converted: every column is of a handled kind
+    query = """
+        SELECT text, no_text, COUNT(*) AS n_rows, SUM(x) AS sum_x, COUNT(x) AS n_x, AVG(n) AS mean_n,
+               SUM(CASE WHEN flag THEN 1 ELSE 0 END) AS n_flag, MAX(seen_at) AS last_at, COUNT(seen_at) AS n_at,
+               MIN(epoch(at_s) - epoch(seen_at)) AS gap, SUM(CASE WHEN no_text = 'a' THEN 1 ELSE 0 END) AS n_match
+        FROM t GROUP BY text, no_text ORDER BY text NULLS LAST
+    """
+    con = duckdb.connect()
+    con.register("t", frame)
+    by_pandas = con.execute(query).fetchall()
+    con.register("t", relation)
+    by_arrow = con.execute(query).fetchall()
+    assert by_arrow == by_pandas
+    assert by_pandas[0][:5] == ("a", None, 2, 5.5, 2)  # NaN is NULL (not counted) either way
+
+
+def test_frames_of_other_kinds_are_registered_as_they_are() -> None:
+    categorical = _relation_cases().assign(text=lambda f: f["text"].astype("category"))
+    mixed = _relation_cases().assign(no_text=[1, "a", None, 2.5])
+    assert sql._arrow_relation(categorical) is categorical
+    assert sql._arrow_relation(mixed) is mixed
