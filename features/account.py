@@ -14,6 +14,7 @@ track records); `acct_term_ends_in_horizon` counts the renewal decisions within 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -396,20 +397,11 @@ GROUP BY r.account_id, r.as_of, r.metric
 """
 
 
-def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeatureParams) -> pd.DataFrame:
+def _usage_stat_suffixes(params: FeatureParams) -> dict[str, str]:
+    """Per-metric statistic -> feature-name suffix (`acct_usage_<metric>_<suffix>`), in column order."""
     ap = params.account
     w = _windows(params)
-    stats = long_stats.copy()
-    ratio_ok = stats["mean_previous"] > 0
-    stats["trend"] = (stats["mean_recent"] / stats["mean_previous"] - 1.0).where(ratio_ok)
-    base_ok = stats["mean_baseline"] > 0
-    stats["drop"] = (1.0 - stats["mean_recent"] / stats["mean_baseline"]).where(base_ok)
-    # Intensity per user (events per active user...): how much each user does, whatever the size.
-    users = stats.loc[stats["metric"] == ap.usage_users_metric, ["account_id", "as_of", "mean_recent"]]
-    users = stats[["account_id", "as_of"]].merge(users, on=["account_id", "as_of"], how="left")["mean_recent"]
-    users_ok = (users.to_numpy() > 0) & (stats["metric"] != ap.usage_users_metric).to_numpy()
-    stats["per_user"] = (stats["mean_recent"] / users.to_numpy()).where(users_ok)
-    names = {
+    return {
         "mean_recent": f"mean_{ap.usage_recent_days}d",
         "mean_previous": f"mean_prev{ap.usage_previous_days}d",
         "trend": f"trend_{w['trend']}d",
@@ -420,6 +412,21 @@ def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeaturePar
         "last_per_kmrr": "last_per_kmrr",
         "per_user": f"per_user_{ap.usage_recent_days}d",
     }
+
+
+def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeatureParams) -> pd.DataFrame:
+    ap = params.account
+    stats = long_stats.copy()
+    ratio_ok = stats["mean_previous"] > 0
+    stats["trend"] = (stats["mean_recent"] / stats["mean_previous"] - 1.0).where(ratio_ok)
+    base_ok = stats["mean_baseline"] > 0
+    stats["drop"] = (1.0 - stats["mean_recent"] / stats["mean_baseline"]).where(base_ok)
+    # Intensity per user (events per active user...): how much each user does, whatever the size.
+    users = stats.loc[stats["metric"] == ap.usage_users_metric, ["account_id", "as_of", "mean_recent"]]
+    users = stats[["account_id", "as_of"]].merge(users, on=["account_id", "as_of"], how="left")["mean_recent"]
+    users_ok = (users.to_numpy() > 0) & (stats["metric"] != ap.usage_users_metric).to_numpy()
+    stats["per_user"] = (stats["mean_recent"] / users.to_numpy()).where(users_ok)
+    names = _usage_stat_suffixes(params)
     wide = stats.pivot(index=["account_id", "as_of"], columns="metric", values=list(names))
     columns = {}
     for metric in metrics:
@@ -429,6 +436,74 @@ def _usage_wide(long_stats: pd.DataFrame, metrics: list[str], params: FeaturePar
     out = pd.DataFrame(columns, index=wide.index)
     out["acct_usage_days_since_last"] = stats.groupby(["account_id", "as_of"])["days_since"].min()
     return out.reset_index()
+
+
+# Up to this many usage statistics rows, the per-metric columns are laid out by `_usage_columns`
+# (numpy, one pass) instead of pandas' pivot + merge, whose fixed cost dominates a one-account build.
+SMALL_USAGE_STATS = 20_000
+# Up to this many rows the final order is checked in Python before (only if needed) sorting.
+SMALL_SORT_CHECK = 256
+
+
+def _usage_columns(
+    keys: tuple[np.ndarray, np.ndarray],
+    stats: Mapping[str, np.ndarray],
+    metrics: list[str],
+    params: FeatureParams,
+) -> dict[str, np.ndarray]:
+    """The usage features of `_usage_wide`, merged onto the rows `keys`, computed with numpy.
+
+    Gives exactly what `base.merge(_usage_wide(stats, ...), on=["account_id", "as_of"], how="left")`
+    adds to `base` (same arithmetic on the same float64 values; NaN where a row has no statistics).
+
+    Args:
+        keys: The population rows' account_id and as_of arrays (unique pairs).
+        stats: `usage_query`'s columns (canonical arrays).
+        metrics: Metric names in column order.
+        params: Feature parameters.
+
+    Returns:
+        Feature name -> float64 array aligned with `keys`, in `_usage_wide`'s column order.
+    """
+    ap = params.account
+    row_of = {key: i for i, key in enumerate(zip(keys[0].tolist(), keys[1].tolist(), strict=True))}
+    stat_rows = np.array(
+        [row_of[key] for key in zip(stats["account_id"].tolist(), stats["as_of"].tolist(), strict=True)],
+        dtype=np.intp,
+    )
+    metric_of = {metric: j for j, metric in enumerate(metrics)}
+    stat_metrics = stats["metric"]
+    stat_cols = np.array([metric_of.get(metric, -1) for metric in stat_metrics.tolist()], dtype=np.intp)
+    recent, previous, baseline = stats["mean_recent"], stats["mean_previous"], stats["mean_baseline"]
+    is_users = stat_metrics == ap.usage_users_metric
+    # The users metric's recent mean of each statistics row's (account, as_of), NaN when there is none.
+    users_by_row = np.full(len(keys[0]), np.nan)
+    users_by_row[stat_rows[is_users]] = recent[is_users]
+    users = users_by_row[stat_rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = {
+            "mean_recent": recent,
+            "mean_previous": previous,
+            "trend": np.where(previous > 0, recent / previous - 1.0, np.nan),
+            "slope": stats["slope"],
+            "drop": np.where(baseline > 0, 1.0 - recent / baseline, np.nan),
+            "recent_per_kmrr": stats["recent_per_kmrr"],
+            "previous_per_kmrr": stats["previous_per_kmrr"],
+            "last_per_kmrr": stats["last_per_kmrr"],
+            "per_user": np.where((users > 0) & ~is_users, recent / users, np.nan),
+        }
+    known = stat_cols >= 0
+    out: dict[str, np.ndarray] = {}
+    for j, metric in enumerate(metrics):
+        in_metric = known & (stat_cols == j)
+        for stat, suffix in _usage_stat_suffixes(params).items():
+            column = np.full(len(keys[0]), np.nan)
+            column[stat_rows[in_metric]] = values[stat][in_metric]
+            out[f"acct_usage_{metric}_{suffix}"] = column
+    days_since = np.full(len(keys[0]), np.nan)
+    np.fmin.at(days_since, stat_rows, stats["days_since"])  # NaN-skipping minimum per row
+    out["acct_usage_days_since_last"] = days_since
+    return out
 
 
 def account_frames(
@@ -514,18 +589,42 @@ def build_account_features(
     ]
     for name in count_columns:
         columns[name] = np.where(np.isnan(columns[name]), 0.0, columns[name])
-    base = canonical_frame(columns)
+    usage_stats = None
     if metrics:
-        population = base[["account_id", "as_of", "acct_mrr"]].rename(columns={"acct_mrr": "mrr"})
+        population = pd.DataFrame(
+            {"account_id": columns["account_id"], "as_of": columns["as_of"], "mrr": columns["acct_mrr"]}
+        )
         usage_frames = {"usage_long": long, "population": population, "dates": dates}
         with registered(usage_frames) as con:
-            usage_stats = canonical_frame(
-                fetch_canonical(con.execute(usage_query(params)), ["account_id", "metric"])
-            )
+            usage_stats = fetch_canonical(con.execute(usage_query(params)), ["account_id", "metric"])
+    if usage_stats is not None and len(usage_stats["metric"]) <= SMALL_USAGE_STATS:
+        arr = columns.pop("arr")
+        columns.update(
+            _usage_columns((columns["account_id"], columns["as_of"]), usage_stats, metrics, params)
+        )
+        columns["arr"] = arr
+        return _sorted_by_as_of_and_account(canonical_frame(columns))
+    base = canonical_frame(columns)
     if usage_stats is not None:
-        usage_stats["as_of"] = pd.to_datetime(usage_stats["as_of"]).astype("datetime64[ns]")
-        wide = _usage_wide(usage_stats, metrics, params)
+        stats = canonical_frame(usage_stats)
+        stats["as_of"] = pd.to_datetime(stats["as_of"]).astype("datetime64[ns]")
+        wide = _usage_wide(stats, metrics, params)
         base = base.merge(wide, on=["account_id", "as_of"], how="left")
     value = base.pop("arr")
     base["arr"] = value
-    return base.sort_values(["as_of", "account_id"]).reset_index(drop=True)
+    return _sorted_by_as_of_and_account(base)
+
+
+def _sorted_by_as_of_and_account(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by as_of then account_id, with a fresh RangeIndex.
+
+    The query already returns that order; checking it on a few rows is cheaper than pandas' sort,
+    and when it holds the (stable) sort would change nothing.
+    """
+    if len(frame) <= SMALL_SORT_CHECK:
+        keys = list(zip(frame["as_of"].tolist(), frame["account_id"].tolist(), strict=True))
+        if all(isinstance(account, str) for _, account in keys) and all(
+            earlier <= later for earlier, later in zip(keys, keys[1:], strict=False)
+        ):
+            return frame.reset_index(drop=True)
+    return frame.sort_values(["as_of", "account_id"]).reset_index(drop=True)

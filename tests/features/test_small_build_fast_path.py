@@ -193,3 +193,66 @@ def test_frames_of_other_kinds_are_registered_as_they_are() -> None:
     mixed = _relation_cases().assign(no_text=[1, "a", None, 2.5])
     assert sql._arrow_relation(categorical) is categorical
     assert sql._arrow_relation(mixed) is mixed
+
+
+def _random_usage_stats(rng: np.random.Generator, n_keys: int, metrics: list[str]) -> pd.DataFrame:
+    """usage_query-shaped statistics: some keys miss some metrics (the users one too), NaNs and zeros."""
+    rows = []
+    for k in range(n_keys):
+        for metric in metrics:
+            if rng.random() < 0.25:
+                continue
+            values = rng.choice([0.0, np.nan, 1.0, 2.5, 40.0, -3.0], size=8)
+            rows.append(
+                {
+                    "account_id": f"a-{k % 7}",
+                    "as_of": pd.Timestamp("2025-01-01") + pd.Timedelta(days=30 * (k // 7)),
+                    "metric": metric,
+                    "mean_recent": values[0],
+                    "mean_previous": values[1],
+                    "mean_baseline": values[2],
+                    "slope": values[3],
+                    "days_since": abs(values[4]),
+                    "recent_per_kmrr": values[5],
+                    "previous_per_kmrr": values[6],
+                    "last_per_kmrr": values[7],
+                }
+            )
+    stats = pd.DataFrame(rows)
+    stats["as_of"] = stats["as_of"].astype("datetime64[ns]")
+    return stats
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_usage_columns_equal_the_pivot_and_merge(seed: int) -> None:
+    params = load_params()
+    rng = np.random.default_rng(seed)
+    metrics = ["active_users", "events", "reports_run", "never_measured"]
+    stats = _random_usage_stats(rng, 40, metrics[:3])
+    # The population: every key with statistics, plus accounts without any usage.
+    keys = stats[["account_id", "as_of"]].drop_duplicates()
+    extra = pd.DataFrame({"account_id": ["z-1", "z-2"], "as_of": keys["as_of"].iloc[:2].to_numpy()})
+    base = pd.concat([keys, extra], ignore_index=True).sort_values(["as_of", "account_id"], ignore_index=True)
+    expected = base.merge(account._usage_wide(stats, metrics, params), on=["account_id", "as_of"], how="left")
+    columns = account._usage_columns(
+        (base["account_id"].to_numpy(), base["as_of"].to_numpy()),
+        {name: stats[name].to_numpy() for name in stats.columns},
+        metrics,
+        params,
+    )
+    got = pd.concat([base, pd.DataFrame(columns)], axis=1)
+    pdt.assert_frame_equal(got, expected, check_exact=True)
+    assert got["acct_usage_events_per_user_30d"].notna().any()
+    assert got["acct_usage_never_measured_mean_30d"].isna().all()
+
+
+def test_account_builds_equal_the_pandas_usage_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = load_params()
+    tables = make_random_crm(15, seed=8)
+    as_of = ["2024-12-31", "2025-06-30", "2025-12-31"]
+    numpy_path = build_account_features(tables, as_of, params)
+    monkeypatch.setattr(account, "SMALL_USAGE_STATS", -1)
+    monkeypatch.setattr(account, "SMALL_SORT_CHECK", -1)
+    pandas_path = build_account_features(tables, as_of, params)
+    assert len(numpy_path) > 10 and numpy_path["acct_usage_events_mean_30d"].notna().any()
+    pdt.assert_frame_equal(numpy_path, pandas_path, check_exact=True)
