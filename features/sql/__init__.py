@@ -107,7 +107,21 @@ def shaped_table(
     default_index = isinstance(source.index, pd.RangeIndex) and source.index.equals(pd.RangeIndex(n_rows))
     out: dict[str, Any] = {}
     for col, kind in columns.items():
-        if col in source.columns:
+        present = col in source.columns
+        if present and kind != "str" and kind != "lstr" and source[col].dtype == _CANONICAL_DTYPE[kind]:
+            # Already canonical (the loader's and the API's tables): the array as it is. Arrays, not
+            # Series, go into the constructor below: on one-row frames that is most of its cost.
+            out[col] = source[col].to_numpy()
+            continue
+        if (
+            present
+            and n_rows <= _SMALL_TEXT
+            and (kind == "str" or kind == "lstr")
+            and source[col].dtype == object
+        ):
+            out[col] = _text_array(source[col].to_numpy(), lower=kind == "lstr")
+            continue
+        if present:
             values = source[col] if default_index else source[col].reset_index(drop=True)
         else:
             values = pd.Series([None] * n_rows, dtype=object)
@@ -147,6 +161,16 @@ def _as_text(values: pd.Series, lower: bool) -> pd.Series:
         text = text.str.strip().str.lower()
     if text.isna().any():
         text = text.where(text.notna(), None)
+    return text
+
+
+_CANONICAL_DTYPE = {"ts": np.dtype("datetime64[ns]"), "num": np.dtype("float64")}
+
+
+def _text_array(values: np.ndarray, lower: bool) -> np.ndarray:
+    """`_as_text` of a few values, as an object array (without building a Series)."""
+    text = np.empty(len(values), dtype=object)
+    text[:] = [_text_value(v, lower) for v in values.tolist()]
     return text
 
 

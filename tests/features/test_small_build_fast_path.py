@@ -256,3 +256,62 @@ def test_account_builds_equal_the_pandas_usage_path(monkeypatch: pytest.MonkeyPa
     pandas_path = build_account_features(tables, as_of, params)
     assert len(numpy_path) > 10 and numpy_path["acct_usage_events_mean_30d"].notna().any()
     pdt.assert_frame_equal(numpy_path, pandas_path, check_exact=True)
+
+
+def _shaped_by_series(source: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """shaped_table's per-column Series path (what it did for every column before the array path)."""
+    source = source.reset_index(drop=True)
+    out = {}
+    for col, kind in columns.items():
+        values = source[col] if col in source.columns else pd.Series([None] * len(source), dtype=object)
+        if kind == "ts" and values.dtype != "datetime64[ns]":
+            values = pd.to_datetime(values, utc=True).dt.tz_localize(None).astype("datetime64[ns]")
+        elif kind == "num" and values.dtype != "float64":
+            values = pd.to_numeric(values, errors="raise").astype("float64")
+        elif kind in ("str", "lstr"):
+            lower = kind == "lstr"
+            values = values.astype(object).map(
+                lambda v, lower=lower: None if pd.isna(v) else (str(v).strip().lower() if lower else str(v))
+            )
+            values = values.astype(object).where(values.notna(), None)
+        out[col] = values
+    return pd.DataFrame(out, index=pd.RangeIndex(len(source)))
+
+
+@pytest.mark.parametrize("n_rows", [1, 3, 300])
+def test_shaped_table_array_path_equals_the_series_path(n_rows: int) -> None:
+    rng = np.random.default_rng(n_rows)
+    source = pd.DataFrame(
+        {
+            "id": rng.choice(np.array(["a-1", "B-2", None, " c "], dtype=object), n_rows),
+            "int_id": rng.integers(0, 9, n_rows),
+            "stage": rng.choice(np.array([" Demo", "proposal", None, np.nan], dtype=object), n_rows),
+            "text_dtype": pd.array(rng.choice(["X", "y"], n_rows), dtype="string"),
+            "at": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 90, n_rows), unit="D"),
+            "at_text": rng.choice(
+                np.array(["2025-01-02T00:00:00Z", "2025-03-04T05:06:07Z", None], dtype=object), n_rows
+            ),
+            "amount": rng.choice([1.5, np.nan, 3.0], n_rows),
+            "count": rng.integers(0, 5, n_rows),
+        },
+        index=pd.RangeIndex(10, 10 + n_rows),  # not the default index: reset on the way
+    )
+    columns = {
+        "id": "str",
+        "int_id": "str",
+        "stage": "lstr",
+        "text_dtype": "lstr",
+        "at": "ts",
+        "at_text": "ts",
+        "amount": "num",
+        "count": "num",
+        "absent_text": "str",
+        "absent_time": "ts",
+        "absent_number": "num",
+    }
+    shaped = sql.shaped_table({"t": source}, "t", columns)
+    pdt.assert_frame_equal(shaped, _shaped_by_series(source, columns), check_exact=True)
+    # The shaped frame owns its data: changing it leaves the caller's table alone.
+    before = source["at"].copy()
+    shaped.loc[0, "at"] = pd.Timestamp("1999-01-01")
+    pdt.assert_series_equal(source["at"], before)
