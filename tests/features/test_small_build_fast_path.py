@@ -315,3 +315,57 @@ def test_shaped_table_array_path_equals_the_series_path(n_rows: int) -> None:
     before = source["at"].copy()
     shaped.loc[0, "at"] = pd.Timestamp("1999-01-01")
     pdt.assert_series_equal(source["at"], before)
+
+
+def _usage_long_by_melt(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """usage_long as pandas' melt + dropna computes it (its path before the array one)."""
+    usage = tables["usage"]
+    metric_columns = [
+        c
+        for c in usage.columns
+        if c not in ("account_id", "date") and pd.api.types.is_numeric_dtype(usage[c])
+    ]
+    keys = sql.shaped_table(tables, "usage", {"account_id": "str", "date": "ts"})
+    wide = pd.concat([keys, usage[metric_columns].reset_index(drop=True).astype("float64")], axis=1)
+    wide = wide.rename(columns={c: account.metric_feature_name(c) for c in metric_columns})
+    metrics = list(dict.fromkeys(account.metric_feature_name(c) for c in metric_columns))
+    long = wide.melt(
+        id_vars=["account_id", "date"], value_vars=metrics, var_name="metric", value_name="value"
+    )
+    return long.dropna(subset=["value"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 7, 400])
+def test_usage_long_equals_melt_then_dropna(n_rows: int) -> None:
+    rng = np.random.default_rng(n_rows)
+    usage = pd.DataFrame(
+        {
+            "account_id": rng.choice(["a-1", "a-2"], n_rows).astype(object),
+            "date": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 60, n_rows), unit="D"),
+            "Active Users": rng.choice([1.0, np.nan, 3.0], n_rows),
+            "events": rng.integers(0, 50, n_rows),
+            "flag": rng.random(n_rows) < 0.5,
+            "nullable": pd.array(rng.choice([1, 2], n_rows), dtype="Int64"),
+            "note": rng.choice(["x", "y"], n_rows).astype(object),  # not numeric: not a metric
+        },
+        index=pd.RangeIndex(5, 5 + n_rows),
+    )
+    if n_rows:
+        usage.loc[usage.index[0], "nullable"] = pd.NA
+    tables = {"usage": usage}
+    long, metrics = account.usage_long(tables)
+    if n_rows == 0:  # no usage rows: no metrics
+        assert long.empty and metrics == []
+        return
+    assert metrics == ["active_users", "events", "flag", "nullable"]
+    pdt.assert_frame_equal(long, _usage_long_by_melt(tables), check_exact=True)
+
+
+def test_usage_long_with_two_columns_of_one_feature_name_keeps_melt() -> None:
+    usage = pd.DataFrame(
+        {"account_id": ["a", "b"], "date": pd.to_datetime(["2025-01-01", "2025-01-02"]), "Events": [1.0, 2.0]}
+    )
+    usage["events"] = [3.0, np.nan]
+    long, metrics = account.usage_long({"usage": usage})
+    assert metrics == ["events"]
+    pdt.assert_frame_equal(long, _usage_long_by_melt({"usage": usage}), check_exact=True)
