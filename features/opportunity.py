@@ -471,7 +471,8 @@ def opportunity_frames(
 
 def has_closed_deals(opps: pd.DataFrame) -> bool:
     """Whether the (shaped) opportunities hold a deal closed as won or lost: a track-record input."""
-    return bool((opps["closed_at"].notna() & opps["outcome"].isin(["won", "lost"])).any())
+    closed = ~np.isnat(opps["closed_at"].to_numpy(dtype="datetime64[ns]"))
+    return any(outcome in ("won", "lost") for outcome in opps["outcome"].to_numpy()[closed].tolist())
 
 
 def _is_activity_count(column: str) -> bool:
