@@ -369,3 +369,29 @@ def test_usage_long_with_two_columns_of_one_feature_name_keeps_melt() -> None:
     long, metrics = account.usage_long({"usage": usage})
     assert metrics == ["events"]
     pdt.assert_frame_equal(long, _usage_long_by_melt({"usage": usage}), check_exact=True)
+
+
+def test_slots_read_each_build_s_rows_and_nothing_between_builds() -> None:
+    with sql.registered({"t": pd.DataFrame({"k": ["a", "b"], "v": [1.0, 2.0]})}) as con:
+        assert con.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [("a", 1.0), ("b", 2.0)]
+        cursor = con
+    # Between builds the name is bound to nothing: a query naming it fails, reading no old rows.
+    with pytest.raises(duckdb.Error, match="not part of the running feature build"):
+        cursor.execute("SELECT * FROM t").fetchall()
+    cursor.connection.execute("SELECT 1").fetchall()  # the failed query left the cursor usable
+    # Another schema under the same name is read as such.
+    with sql.registered({"t": pd.DataFrame({"w": pd.Series([None], dtype=object), "n": [4]})}) as con:
+        assert con is cursor
+        assert con.execute("SELECT w, n FROM t").fetchall() == [(None, 4)]
+
+
+def test_a_frame_kept_as_pandas_replaces_a_slot_of_its_name() -> None:
+    with sql.registered({"t": pd.DataFrame({"x": [1.0]})}) as con:
+        assert con.execute("SELECT x FROM t").fetchall() == [(1.0,)]
+    categorical = pd.DataFrame({"x": pd.Categorical(["p", "q"])})  # not converted to Arrow
+    with sql.registered({"t": categorical}) as con:
+        assert sorted(con.execute("SELECT CAST(x AS VARCHAR) FROM t").fetchall()) == [("p",), ("q",)]
+    with pytest.raises(duckdb.Error):  # unregistered again on exit
+        con.execute("SELECT * FROM t").fetchall()
+    with sql.registered({"t": pd.DataFrame({"x": [5.0]})}) as con:  # and a slot again afterwards
+        assert con.execute("SELECT x FROM t").fetchall() == [(5.0,)]
