@@ -337,11 +337,11 @@ class ArrowSlot:
 def _arrow_relation(frame: pd.DataFrame) -> pa.Table | pd.DataFrame:
     """A small frame as an Arrow table with the column types DuckDB's pandas scan reads it with.
 
-    Registering (and each query's binding of) a pandas frame makes DuckDB inspect its object columns
-    value by value; an Arrow table states its types. On the few-row frames of the serving path this
-    halves the registration cost. NaN/NaT become NULL, as the pandas scan reads them. Text columns
-    are VARCHAR even when empty or all missing (the pandas scan says "NULL" type there; either way
-    every value is NULL, and VARCHAR lets the result keep its text type).
+    An Arrow table can be bound to an `ArrowSlot` (no registration per build), and it states its
+    column types where DuckDB's pandas scan inspects object columns value by value. NaN/NaT become
+    NULL, as the pandas scan reads them. Text columns are VARCHAR even when empty or all missing
+    (the pandas scan says "NULL" type there; either way every value is NULL, and VARCHAR lets the
+    result keep its text type).
 
     Args:
         frame: A shaped input frame (object text, float64/int64/bool numbers, datetime64 times).
@@ -561,6 +561,7 @@ def _none_for_missing(values: np.ndarray) -> np.ndarray:
 
 
 def _convertible(name: str, kind: str, string_columns: set[str]) -> bool:
+    """Whether `fetch_canonical` converts a result column of DuckDB type `kind` itself."""
     if name == "as_of":
         return kind == "TIMESTAMP_NS"
     if name in string_columns:
