@@ -37,9 +37,11 @@ class ServiceConfig:
         max_body_bytes: Largest request body accepted, in bytes.
         request_timeout_s: Time after which a request is answered 504.
         workers: Number of BentoML worker processes.
-        scoring_threads: Requests scored at the same time in one worker (the rest wait their turn).
+        scoring_threads: Threads scoring small requests in one worker (the rest wait their turn).
         coalesce_max_records: Requests waiting for a scoring thread are scored together in one
             feature build while their records stay within this many (0: each request alone).
+        large_request_records: Requests with at least this many records are scored on a thread of
+            their own, one at a time, so that they never hold up small ones (0: no separate thread).
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
         risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
         top_k_factors: Number of signed contributions returned per record.
@@ -57,8 +59,9 @@ class ServiceConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout_s: float = 60.0
     workers: int = 1
-    scoring_threads: int = 2
+    scoring_threads: int = 1
     coalesce_max_records: int = 1000
+    large_request_records: int = 100
     grade_cuts: Mapping[str, float] = field(default_factory=lambda: {"A": 0.6, "B": 0.4, "C": 0.2})
     risk_band_cuts: Mapping[str, float] = field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
     top_k_factors: int = 5
@@ -71,6 +74,8 @@ class ServiceConfig:
             raise ConfigError(f"scoring_threads must be >= 1, got {self.scoring_threads}")
         if self.coalesce_max_records < 0:
             raise ConfigError(f"coalesce_max_records must be >= 0, got {self.coalesce_max_records}")
+        if self.large_request_records < 0:
+            raise ConfigError(f"large_request_records must be >= 0, got {self.large_request_records}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
@@ -159,6 +164,7 @@ def config_from_env(
         "workers": int(base.get("workers", ServiceConfig.workers)),
         "scoring_threads": int(base.get("scoring_threads", ServiceConfig.scoring_threads)),
         "coalesce_max_records": int(base.get("coalesce_max_records", ServiceConfig.coalesce_max_records)),
+        "large_request_records": int(base.get("large_request_records", ServiceConfig.large_request_records)),
         "grade_cuts": dict(base.get("grade_cuts", ServiceConfig().grade_cuts)),
         "risk_band_cuts": dict(base.get("risk_band_cuts", ServiceConfig().risk_band_cuts)),
         "top_k_factors": int(base.get("top_k_factors", ServiceConfig.top_k_factors)),
@@ -181,6 +187,10 @@ def config_from_env(
         values["workers"] = _int("REVCAST_WORKERS", env["REVCAST_WORKERS"])
     if env.get("REVCAST_SCORING_THREADS"):
         values["scoring_threads"] = _int("REVCAST_SCORING_THREADS", env["REVCAST_SCORING_THREADS"])
+    if env.get("REVCAST_LARGE_REQUEST_RECORDS"):
+        values["large_request_records"] = _int(
+            "REVCAST_LARGE_REQUEST_RECORDS", env["REVCAST_LARGE_REQUEST_RECORDS"]
+        )
     if env.get("REVCAST_COALESCE_MAX_RECORDS"):
         values["coalesce_max_records"] = _int(
             "REVCAST_COALESCE_MAX_RECORDS", env["REVCAST_COALESCE_MAX_RECORDS"]

@@ -608,13 +608,15 @@ class RevcastService:
         self._metrics = _metrics()
         # Scoring runs on its own few threads rather than the server's shared thread pool: dozens of
         # CPU-bound requests interleaving on a few cores make every one of them slow. Requests that
-        # wait meanwhile are scored together in one feature build (serving.coalesce). Prediction
-        # endpoints only; health and docs never wait for it.
+        # wait meanwhile are scored together in one feature build (serving.coalesce). Big requests
+        # have a lane of their own so that a 1,000-deal batch never holds up interactive calls.
+        # Prediction endpoints only; health and docs never wait for either.
         self._coalescer = RequestCoalescer(
             score_request_jobs,
             threads=self.config.scoring_threads,
             max_records=self.config.coalesce_max_records,
         )
+        self._large_requests = RequestCoalescer(score_request_jobs, threads=1, max_records=0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -711,7 +713,10 @@ class RevcastService:
             as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
             log["n_records"] = len(records)
             job = ScoringRequest(endpoint, models, records, as_of, self.config, include_features)
-            queued = self._coalescer.submit(job.merge_key(), len(records), job)
+            large = 0 < self.config.large_request_records <= len(records)
+            lane = self._large_requests if large else self._coalescer
+            log["lane"] = "large" if large else "small"
+            queued = lane.submit(job.merge_key(), len(records), job)
             body = await asyncio.wrap_future(queued.future)
             log["scored_with"] = queued.scored_with
             log.update(

@@ -311,12 +311,16 @@ def test_batch_of_1000_records(client, service, crm_tables) -> None:
             activity["activity_id"] = f"{activity['activity_id']}-{i}"
             activity.pop("opportunity_id", None)
         records.append(record)
-    response = _post(
-        client, service, "/v1/opportunities/score", {"as_of": EXPORT.isoformat(), "opportunities": records}
+    response = client.post(
+        "/v1/opportunities/score",
+        json={"as_of": EXPORT.isoformat(), "opportunities": records},
+        headers={**service.headers(), "X-Request-ID": "batch-of-1000"},
     )
     assert response.status_code == 200, response.text[:500]
     body = response.json()
     assert len(body["results"]) == 1000 and body["rejected"] == []
+    # Scored on the lane of big requests (serving.yaml large_request_records), not the interactive one.
+    assert _log_line(service, "batch-of-1000")["lane"] == "large"
     # The same deal under another id gets the same score: records do not leak into each other.
     by_id = {r["opportunity_id"]: r["win_probability"] for r in body["results"]}
     first_id = base[0]["opportunity_id"]
@@ -359,6 +363,22 @@ def test_concurrent_requests_get_the_answers_they_get_alone(client, service, crm
         if line.startswith("{") and '"endpoint":"opportunities"' in line and '"status":200' in line
     ]
     assert scored_with and all(isinstance(n, int) and n >= 1 for n in scored_with)
+
+
+def _log_line(service, request_id: str) -> dict:
+    """The service's JSON log line of one request (waits for it to be written)."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = service.log.read_text(errors="replace")
+        lines = [
+            json.loads(line)
+            for line in text.splitlines()
+            if line.startswith("{") and f'"{request_id}"' in line
+        ]
+        if lines or time.monotonic() > deadline:
+            assert len(lines) == 1, lines
+            return lines[0]
+        time.sleep(0.2)
 
 
 def test_forecast(client, service, crm_tables) -> None:
@@ -417,7 +437,7 @@ def test_one_structured_log_line_per_request_without_pii(client, service) -> Non
     assert (
         line["status"] == 200 and line["n_records"] == 1 and line["n_scored"] == 1 and line["n_rejected"] == 0
     )
-    assert line["model_version"] and line["latency_ms"] > 0
+    assert line["model_version"] and line["latency_ms"] > 0 and line["lane"] == "small"
     assert "Zyxwv" not in text and "jane.doe" not in text
 
 

@@ -42,7 +42,11 @@ def test_config_from_env_overrides_and_validates() -> None:
         config_from_env({"REVCAST_MAX_RECORDS": "many"})
     with pytest.raises(ConfigError, match="unknown model kinds"):
         config_from_env({"REVCAST_REQUIRED_MODELS": "win,forecast"})
-    assert config_from_env({}).scoring_threads == 2  # serving.yaml
+    assert config_from_env({}).scoring_threads == 1  # serving.yaml
+    assert config_from_env({}).large_request_records == 100
+    assert config_from_env({"REVCAST_LARGE_REQUEST_RECORDS": "0"}).large_request_records == 0
+    with pytest.raises(ConfigError, match="large_request_records must be >= 0"):
+        config_from_env({"REVCAST_LARGE_REQUEST_RECORDS": "-1"})
     assert config_from_env({"REVCAST_SCORING_THREADS": "3"}).scoring_threads == 3
     with pytest.raises(ConfigError, match="scoring_threads must be >= 1"):
         config_from_env({"REVCAST_SCORING_THREADS": "0"})
