@@ -2,10 +2,11 @@
 
 A one-record request spends most of its time in the fixed cost of a feature build (DuckDB binds and
 plans the whole feature query whatever the number of rows), so requests that wait while another is
-being scored are merged and scored together: N waiting requests cost about one build, not N. Nothing
-waits on purpose (a request arriving at an idle service is scored at once); merging only collects
-what has queued up meanwhile, which is why it pays under concurrency and never adds latency at
-concurrency 1.
+being scored are merged and scored together: N waiting requests cost about one build, not N. A
+request arriving at a service called one request at a time is scored at once; merging collects what
+has queued up meanwhile, and only right after a merged build does a thread linger a few milliseconds
+for the rest of the clients' next wave (``RequestCoalescer._take``), so it pays under concurrency and
+adds no latency at concurrency 1.
 
 Merged requests must not see each other. Every ``*_id`` value of request ``k`` is rewritten to
 ``"k<US>id"`` (US = the ASCII unit separator) before the build, so each request's deals, accounts,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -174,12 +176,20 @@ class RequestCoalescer:
         threads: Scoring threads (requests scored side by side).
         max_records: A thread takes waiting requests into one build while the records stay within this
             many; a larger request is still scored, alone. 0 scores every request alone.
+        linger_s: Longest wait for more requests when the previous build merged at least twice as many
+            as are waiting now (see ``_take``); 0 never waits.
     """
 
     def __init__(
-        self, score_jobs: Callable[[list[ScoringJob]], list[Any]], threads: int, max_records: int
+        self,
+        score_jobs: Callable[[list[ScoringJob]], list[Any]],
+        threads: int,
+        max_records: int,
+        linger_s: float = 0.0,
     ) -> None:
         self.score_jobs = score_jobs
+        self.linger_s = linger_s
+        self._last_build_size = 0
         self.threads = threads
         self.max_records = max_records
         self._queue: collections.deque[ScoringJob] = collections.deque()
@@ -213,24 +223,44 @@ class RequestCoalescer:
         for worker in self._workers:
             worker.join()
 
+    def _gather(self, head: ScoringJob, jobs: list[ScoringJob], total: int) -> int:
+        """Move every queued job with ``head``'s key into ``jobs`` while the records fit; new total."""
+        left: collections.deque[ScoringJob] = collections.deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.key == head.key and total + job.n_records <= self.max_records:
+                jobs.append(job)
+                total += job.n_records
+            else:
+                left.append(job)
+        self._queue = left
+        return total
+
     def _take(self) -> list[ScoringJob] | None:
-        """The oldest waiting job plus every later one with its key, within max_records (None: stop)."""
+        """The oldest waiting job plus every later one with its key, within max_records (None: stop).
+
+        When the previous build merged several requests and this one has gathered fewer than half as
+        many, clients are evidently sending concurrently and the rest of their wave is on its way: the
+        thread lingers up to ``linger_s`` for it rather than pay a whole build's fixed cost for a few
+        requests (a service called one request at a time never lingers).
+        """
         with self._condition:
             while not self._queue:
                 if self._closed:
                     return None
                 self._condition.wait()
             head = self._queue.popleft()
-            jobs, total = [head], head.n_records
-            left: collections.deque[ScoringJob] = collections.deque()
-            while self._queue:
-                job = self._queue.popleft()
-                if job.key == head.key and total + job.n_records <= self.max_records:
-                    jobs.append(job)
-                    total += job.n_records
-                else:
-                    left.append(job)
-            self._queue = left
+            jobs = [head]
+            total = self._gather(head, jobs, head.n_records)
+            if self.linger_s > 0 and 2 * len(jobs) <= self._last_build_size:
+                deadline = time.monotonic() + self.linger_s
+                while len(jobs) < self._last_build_size and total < self.max_records and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._condition.wait(remaining)
+                    total = self._gather(head, jobs, total)
+            self._last_build_size = len(jobs)
             for job in jobs:
                 job.scored_with = len(jobs)
             self.builds += 1

@@ -40,6 +40,8 @@ class ServiceConfig:
         scoring_threads: Threads scoring small requests in one worker (the rest wait their turn).
         coalesce_max_records: Requests waiting for a scoring thread are scored together in one
             feature build while their records stay within this many (0: each request alone).
+        coalesce_linger_ms: Right after a merged build, how long a scoring thread may wait for more
+            requests before scoring the few that are waiting (0: never waits).
         large_request_records: Requests with at least this many records are scored on a thread of
             their own, one at a time, so that they never hold up small ones (0: no separate thread).
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
@@ -61,6 +63,7 @@ class ServiceConfig:
     workers: int = 1
     scoring_threads: int = 1
     coalesce_max_records: int = 1000
+    coalesce_linger_ms: float = 20.0
     large_request_records: int = 100
     grade_cuts: Mapping[str, float] = field(default_factory=lambda: {"A": 0.6, "B": 0.4, "C": 0.2})
     risk_band_cuts: Mapping[str, float] = field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
@@ -74,6 +77,8 @@ class ServiceConfig:
             raise ConfigError(f"scoring_threads must be >= 1, got {self.scoring_threads}")
         if self.coalesce_max_records < 0:
             raise ConfigError(f"coalesce_max_records must be >= 0, got {self.coalesce_max_records}")
+        if not (0 <= self.coalesce_linger_ms <= 1000):
+            raise ConfigError(f"coalesce_linger_ms must be within 0-1000, got {self.coalesce_linger_ms}")
         if self.large_request_records < 0:
             raise ConfigError(f"large_request_records must be >= 0, got {self.large_request_records}")
         if self.max_body_bytes < 1024:
@@ -164,6 +169,7 @@ def config_from_env(
         "workers": int(base.get("workers", ServiceConfig.workers)),
         "scoring_threads": int(base.get("scoring_threads", ServiceConfig.scoring_threads)),
         "coalesce_max_records": int(base.get("coalesce_max_records", ServiceConfig.coalesce_max_records)),
+        "coalesce_linger_ms": float(base.get("coalesce_linger_ms", ServiceConfig.coalesce_linger_ms)),
         "large_request_records": int(base.get("large_request_records", ServiceConfig.large_request_records)),
         "grade_cuts": dict(base.get("grade_cuts", ServiceConfig().grade_cuts)),
         "risk_band_cuts": dict(base.get("risk_band_cuts", ServiceConfig().risk_band_cuts)),
@@ -187,6 +193,8 @@ def config_from_env(
         values["workers"] = _int("REVCAST_WORKERS", env["REVCAST_WORKERS"])
     if env.get("REVCAST_SCORING_THREADS"):
         values["scoring_threads"] = _int("REVCAST_SCORING_THREADS", env["REVCAST_SCORING_THREADS"])
+    if env.get("REVCAST_COALESCE_LINGER_MS"):
+        values["coalesce_linger_ms"] = _float("REVCAST_COALESCE_LINGER_MS", env["REVCAST_COALESCE_LINGER_MS"])
     if env.get("REVCAST_LARGE_REQUEST_RECORDS"):
         values["large_request_records"] = _int(
             "REVCAST_LARGE_REQUEST_RECORDS", env["REVCAST_LARGE_REQUEST_RECORDS"]

@@ -615,6 +615,7 @@ class RevcastService:
             score_request_jobs,
             threads=self.config.scoring_threads,
             max_records=self.config.coalesce_max_records,
+            linger_s=self.config.coalesce_linger_ms / 1000.0,
         )
         self._large_requests = RequestCoalescer(score_request_jobs, threads=1, max_records=0)
 

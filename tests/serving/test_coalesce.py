@@ -181,3 +181,37 @@ def test_coalescer_merges_waiting_jobs_by_key_within_the_record_limit() -> None:
     # a1+a2 fill the 5-record limit, a3 waits; b1 and boom merge, fail together, then run alone.
     assert builds == [["first"], ["a1", "a2"], ["b1", "boom"], ["b1"], ["boom"], ["a3"]]
     assert coalescer.requests == 6 and coalescer.builds == 4
+
+
+def test_coalescer_lingers_only_after_a_merged_build() -> None:
+    release = threading.Event()
+    builds: list[list[str]] = []
+
+    def score(jobs: list[ScoringJob]) -> list[str]:
+        builds.append([job.payload for job in jobs])
+        if jobs[0].payload == "first":
+            release.wait(10)
+        return [job.payload for job in jobs]
+
+    coalescer = RequestCoalescer(score, threads=1, max_records=100, linger_s=1.0)
+    # A lone request after a lone build: scored at once, however long the linger allowance.
+    started = time.monotonic()
+    assert coalescer.submit("a", 1, "alone").future.result(10) == "alone"
+    assert time.monotonic() - started < 0.9
+    first = coalescer.submit("a", 1, "first")
+    deadline = time.monotonic() + 10
+    while len(builds) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    wave = [coalescer.submit("a", 1, f"w{i}") for i in range(4)]
+    release.set()
+    first.future.result(10)
+    for job in wave:
+        job.future.result(10)
+    # The wave of 4 was merged; the next lone request lingers for the rest of its wave.
+    late = coalescer.submit("a", 1, "late")
+    time.sleep(0.2)
+    later = coalescer.submit("a", 1, "later")
+    assert later.future.result(10) == "later" and late.future.result(10) == "late"
+    coalescer.shutdown()
+    assert builds == [["alone"], ["first"], ["w0", "w1", "w2", "w3"], ["late", "later"]]
+    assert late.scored_with == 2

@@ -44,6 +44,9 @@ def test_config_from_env_overrides_and_validates() -> None:
         config_from_env({"REVCAST_REQUIRED_MODELS": "win,forecast"})
     assert config_from_env({}).scoring_threads == 1  # serving.yaml
     assert config_from_env({}).large_request_records == 100
+    assert config_from_env({"REVCAST_COALESCE_LINGER_MS": "0"}).coalesce_linger_ms == 0
+    with pytest.raises(ConfigError, match="coalesce_linger_ms"):
+        config_from_env({"REVCAST_COALESCE_LINGER_MS": "5000"})
     assert config_from_env({"REVCAST_LARGE_REQUEST_RECORDS": "0"}).large_request_records == 0
     with pytest.raises(ConfigError, match="large_request_records must be >= 0"):
         config_from_env({"REVCAST_LARGE_REQUEST_RECORDS": "-1"})
