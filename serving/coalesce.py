@@ -176,8 +176,7 @@ class RequestCoalescer:
         threads: Scoring threads (requests scored side by side).
         max_records: A thread takes waiting requests into one build while the records stay within this
             many; a larger request is still scored, alone. 0 scores every request alone.
-        linger_s: Longest wait for more requests when the previous build merged at least twice as many
-            as are waiting now (see ``_take``); 0 never waits.
+        linger_s: Longest wait for more requests after a merged build (see ``_take``); 0 never waits.
     """
 
     def __init__(
@@ -190,6 +189,7 @@ class RequestCoalescer:
         self.score_jobs = score_jobs
         self.linger_s = linger_s
         self._last_build_size = 0
+        self._previous_build_size = 0
         self.threads = threads
         self.max_records = max_records
         self._queue: collections.deque[ScoringJob] = collections.deque()
@@ -239,10 +239,12 @@ class RequestCoalescer:
     def _take(self) -> list[ScoringJob] | None:
         """The oldest waiting job plus every later one with its key, within max_records (None: stop).
 
-        When the previous build merged several requests and this one has gathered fewer than half as
-        many, clients are evidently sending concurrently and the rest of their wave is on its way: the
-        thread lingers up to ``linger_s`` for it rather than pay a whole build's fixed cost for a few
-        requests (a service called one request at a time never lingers).
+        When the previous build merged several requests, clients are evidently sending concurrently
+        and more of them are on their way (those just answered send their next request): the thread
+        lingers up to ``linger_s`` until as many are waiting as the last two builds held, rather than
+        pay a whole build's fixed cost for part of them. Without it, concurrent clients settle into
+        alternating half-size builds (e.g. 4 + 4 requests for 8 clients: twice the builds). A service
+        called one request at a time never lingers.
         """
         with self._condition:
             while not self._queue:
@@ -252,15 +254,16 @@ class RequestCoalescer:
             head = self._queue.popleft()
             jobs = [head]
             total = self._gather(head, jobs, head.n_records)
-            if self.linger_s > 0 and 2 * len(jobs) <= self._last_build_size:
+            target = self._last_build_size + self._previous_build_size
+            if self.linger_s > 0 and self._last_build_size > 1 and len(jobs) < target:
                 deadline = time.monotonic() + self.linger_s
-                while len(jobs) < self._last_build_size and total < self.max_records and not self._closed:
+                while len(jobs) < target and total < self.max_records and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._condition.wait(remaining)
                     total = self._gather(head, jobs, total)
-            self._last_build_size = len(jobs)
+            self._previous_build_size, self._last_build_size = self._last_build_size, len(jobs)
             for job in jobs:
                 job.scored_with = len(jobs)
             self.builds += 1
