@@ -152,18 +152,26 @@ def test_merge_refuses_different_as_of(crm_tables: dict) -> None:
     assert [b["results"] for b in split_body(body, merged, "account_id")] == [[], []]
 
 
-def test_coalescer_merges_waiting_jobs_by_key_within_the_record_limit() -> None:
-    release = threading.Event()
-    builds: list[list[str]] = []
+class RecordingScorer:
+    """Records each build's payloads; a build starting with "first" blocks until ``release`` is set,
+    and one holding "boom" fails."""
 
-    def score(jobs: list[ScoringJob]) -> list[str]:
-        builds.append([job.payload for job in jobs])
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.builds: list[list[str]] = []
+
+    def __call__(self, jobs: list[ScoringJob]) -> list[str]:
+        self.builds.append([job.payload for job in jobs])
         if jobs[0].payload == "first":
-            release.wait(10)
+            self.release.wait(10)
         if any(job.payload == "boom" for job in jobs):
             raise RuntimeError("bad request")
         return [f"answer {job.payload}" for job in jobs]
 
+
+def test_coalescer_merges_waiting_jobs_by_key_within_the_record_limit() -> None:
+    score = RecordingScorer()
+    release, builds = score.release, score.builds
     coalescer = RequestCoalescer(score, threads=1, max_records=5)
     futures = {"first": coalescer.submit("a", 1, "first").future}
     deadline = time.monotonic() + 10
@@ -184,19 +192,12 @@ def test_coalescer_merges_waiting_jobs_by_key_within_the_record_limit() -> None:
 
 
 def test_coalescer_lingers_only_after_a_merged_build() -> None:
-    release = threading.Event()
-    builds: list[list[str]] = []
-
-    def score(jobs: list[ScoringJob]) -> list[str]:
-        builds.append([job.payload for job in jobs])
-        if jobs[0].payload == "first":
-            release.wait(10)
-        return [job.payload for job in jobs]
-
+    score = RecordingScorer()
+    release, builds = score.release, score.builds
     coalescer = RequestCoalescer(score, threads=1, max_records=100, linger_s=1.0)
     # A lone request after a lone build: scored at once, however long the linger allowance.
     started = time.monotonic()
-    assert coalescer.submit("a", 1, "alone").future.result(10) == "alone"
+    assert coalescer.submit("a", 1, "alone").future.result(10) == "answer alone"
     assert time.monotonic() - started < 0.9
     first = coalescer.submit("a", 1, "first")
     deadline = time.monotonic() + 10
@@ -211,7 +212,7 @@ def test_coalescer_lingers_only_after_a_merged_build() -> None:
     late = coalescer.submit("a", 1, "late")
     time.sleep(0.2)
     later = coalescer.submit("a", 1, "later")
-    assert later.future.result(10) == "later" and late.future.result(10) == "late"
+    assert later.future.result(10) == "answer later" and late.future.result(10) == "answer late"
     coalescer.shutdown()
     assert builds == [["alone"], ["first"], ["w0", "w1", "w2", "w3"], ["late", "later"]]
     assert late.scored_with == 2
