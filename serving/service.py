@@ -54,6 +54,7 @@ from serving.requests import (
     parse_json_body,
     prepare_accounts,
     prepare_opportunities,
+    to_timestamp,
 )
 from serving.schemas import (
     EXAMPLE_CHURN_REQUEST,
@@ -731,7 +732,11 @@ class RevcastService:
             payload = await _read_json_body(request, self.config.max_body_bytes)
             as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
             log["n_records"] = len(records)
-            job = ScoringRequest(endpoint, models, records, as_of, self.config, include_features)
+            # Without an as_of the records are scored as of "now" at scoring time, which all requests
+            # scored in one build share: a CRM that leaves as_of out still gets its concurrent calls
+            # merged (an arrival time each, to the microsecond, would never match another's).
+            explicit_as_of = as_of if payload.get("as_of") is not None else None
+            job = ScoringRequest(endpoint, models, records, explicit_as_of, self.config, include_features)
             large = 0 < self.config.large_request_records <= len(records)
             lane = self._large_requests if large else self._coalescer
             log["lane"] = "large" if large else "small"
@@ -918,7 +923,7 @@ class ScoringRequest:
         endpoint: ``opportunities`` or ``accounts``.
         models: The model set the whole request uses.
         records: The request's records (decoded JSON, not yet validated).
-        as_of: The timestamp they are scored as of.
+        as_of: The timestamp they are scored as of; None: the time they are scored (the build's start).
         config: Service settings (grade cuts, number of factors).
         include_features: Return each record's model features too.
     """
@@ -926,7 +931,7 @@ class ScoringRequest:
     endpoint: Literal["opportunities", "accounts"]
     models: ModelSet
     records: list[Any]
-    as_of: pd.Timestamp
+    as_of: pd.Timestamp | None
     config: ServiceConfig
     include_features: bool
 
@@ -957,11 +962,11 @@ def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
     requests: list[ScoringRequest] = [job.payload for job in jobs]
     first = requests[0]
     prepare, score, id_field = _SCORERS[first.endpoint]
+    # Equal merge keys: either every request names the same as_of or none does (then: now, once).
+    as_of = first.as_of if first.as_of is not None else to_timestamp(datetime.now(UTC))
     if len(requests) == 1:
-        return [
-            score(first.models, prepare(first.records, first.as_of), first.config, first.include_features)
-        ]
-    batches = [prepare(request.records, request.as_of, with_tables=False) for request in requests]
+        return [score(first.models, prepare(first.records, as_of), first.config, first.include_features)]
+    batches = [prepare(request.records, as_of, with_tables=False) for request in requests]
     merged = merge_batches(batches, [len(request.records) for request in requests])
     body = score(first.models, merged.batch, first.config, first.include_features)
     return split_body(body, merged, id_field)

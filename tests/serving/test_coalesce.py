@@ -216,3 +216,27 @@ def test_coalescer_lingers_only_after_a_merged_build() -> None:
     coalescer.shutdown()
     assert builds == [["alone"], ["first"], ["w0", "w1", "w2", "w3"], ["late", "later"]]
     assert late.scored_with == 2
+
+
+def test_requests_without_as_of_merge_and_share_the_time_they_are_scored(
+    crm_tables: dict, models: ModelSet
+) -> None:
+    tables = crm_tables["tables"]
+    opps = tables["opportunities"]
+    open_ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].tolist()
+    config = config_from_env({})
+    requests = [
+        ScoringRequest("opportunities", models, opportunity_records(tables, ids, EXPORT), None, config, True)
+        for ids in (open_ids[:2], open_ids[2:5])
+    ]
+    assert requests[0].merge_key() == requests[1].merge_key()
+    before = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    merged = score_request_jobs(_jobs(requests))
+    after = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    as_of = pd.Timestamp(merged[0]["as_of"])
+    assert merged[1]["as_of"] == merged[0]["as_of"]
+    assert before <= as_of <= after, "no as_of: scored as of the time the build ran"
+    assert [len(body["results"]) for body in merged] == [2, 3]
+    # Exactly the answers of the same requests naming that time.
+    named = [ScoringRequest(r.endpoint, models, r.records, as_of, config, True) for r in requests]
+    _assert_same_bodies(merged, _alone(named))
