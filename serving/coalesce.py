@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.requests import PreparedBatch, _text, build_tables
+from serving.requests import PreparedBatch, build_tables, canonical_text
 
 ID_SEPARATOR = "\x1f"
 
@@ -52,7 +52,7 @@ def _namespace_row(row: dict[str, Any], prefix: str) -> dict[str, Any]:
     out = dict(row)
     for name, value in row.items():
         if name.endswith("_id"):
-            text = _text(value)
+            text = canonical_text(value)
             out[name] = None if text is None else prefix + text
     return out
 

@@ -302,7 +302,7 @@ def _frame(rows: Sequence[dict[str, Any]], columns: Mapping[str, str], keep_extr
             data[name] = _float_array(raw)
         else:
             lower = kind == _ENUM
-            data[name] = np.array([_text(v, lower=lower) for v in raw] or [], dtype=object)
+            data[name] = np.array([canonical_text(v, lower=lower) for v in raw] or [], dtype=object)
     for name in extra:
         raw = [row.get(name) for row in rows]
         if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
@@ -320,7 +320,7 @@ def _float_array(values: Sequence[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
 
 
-def _text(value: Any, lower: bool = False) -> str | None:
+def canonical_text(value: Any, lower: bool = False) -> str | None:
     """Canonical text cell: stripped str, empty -> None (as features.data does for files)."""
     if value is None:
         return None
