@@ -15,6 +15,15 @@ building the ``lightgbm.Dataset``; the bundle stores the same category lists and
 applies them again, so an unseen value becomes NaN (LightGBM's "missing" branch).
 ``ModelBundle.from_booster`` checks that the booster's ``pandas_categorical`` equals the stored lists.
 
+Prediction does not hand LightGBM the prepared pandas frame when it can avoid it: converting that
+frame (``pd.Categorical`` columns, then LightGBM's own ``_data_from_pandas``) cost far more than the
+tree walk for small requests. ``ModelBundle.feature_matrix`` builds what LightGBM's pandas conversion
+would produce directly: a float64 matrix in model feature order, numeric features as float64 with
++-inf as NaN, each categorical feature as its value's position in the stored category list (NaN for
+missing or unseen values -- LightGBM maps pandas code -1 to NaN). Frames it cannot convert exactly
+(non-numpy or non-numeric dtypes, missing or duplicate columns, odd categorical values) take the
+pandas path, so its errors and results stay the reference.
+
 Calibration JSON format (produced by ``training.calibrate``, applied here by ``apply_calibration``)
 -- this is the single place where it is documented:
 
@@ -45,6 +54,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +66,9 @@ STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
 BUNDLE_FORMAT = 1
 _PROBABILITY_EPS = 1e-12
+_NAN = float("nan")
+# Numeric feature dtypes whose float64 cast is what ``prepare_features`` gives (bool: 1.0 / 0.0).
+_MATRIX_NUMERIC_KINDS = "fiub"
 
 ModelKind = Literal["classifier", "regressor"]
 
@@ -310,6 +323,23 @@ def prepare_features(
     return pd.DataFrame(prepared, index=frame.index, columns=list(feature_names))
 
 
+@dataclass(frozen=True, eq=False)
+class _MatrixLayout:
+    """Where each feature goes in ``ModelBundle.feature_matrix`` output.
+
+    Attributes:
+        width: Number of features (matrix columns).
+        numeric_names: Numeric feature columns, in model order.
+        numeric_positions: Their matrix column positions.
+        categorical: ``(column, matrix position, {category: code})`` per categorical feature.
+    """
+
+    width: int
+    numeric_names: list[str]
+    numeric_positions: np.ndarray
+    categorical: tuple[tuple[str, int, dict[str, float]], ...]
+
+
 class ModelBundle:
     """A LightGBM booster plus the JSON state needed to predict, explain and verify it.
 
@@ -340,6 +370,7 @@ class ModelBundle:
             validate_target_transform(self.state["target"], self.state["feature_names"])
         self.booster = lgb.Booster(model_str=model_text)
         self._check_consistency()
+        self._matrix_layout = self._build_matrix_layout()
 
     # ------------------------------------------------------------------ construction and files
 
@@ -406,6 +437,30 @@ class ModelBundle:
                 "the booster's pandas_categorical does not match the bundle's category lists; "
                 "train on serving.bundle.prepare_features(frame, feature_names, categorical) output"
             )
+
+    def _build_matrix_layout(self) -> _MatrixLayout | None:
+        """The ``feature_matrix`` layout, or ``None`` when only the pandas path gives LightGBM's codes."""
+        feature_names = list(self.state["feature_names"])
+        categorical = self.state["categorical"]
+        stored = [list(cats) for cats in (self.booster.pandas_categorical or [])]
+        expected = [list(categorical[name]) for name in feature_names if name in categorical]
+        # ``_check_consistency`` compares str() forms, but LightGBM re-maps the prepared (string)
+        # categories onto its own list whenever the two differ at all (e.g. ints in the booster), and
+        # ``pd.Categorical`` refuses duplicate categories: only then is a list position not the code
+        # LightGBM uses, or ``prepare`` would raise.
+        if stored != expected or any(len(set(cats)) != len(cats) for cats in stored):
+            return None
+        numeric = [(i, name) for i, name in enumerate(feature_names) if name not in categorical]
+        return _MatrixLayout(
+            width=len(feature_names),
+            numeric_names=[name for _, name in numeric],
+            numeric_positions=np.array([i for i, _ in numeric], dtype=np.intp),
+            categorical=tuple(
+                (name, i, {category: float(code) for code, category in enumerate(categorical[name])})
+                for i, name in enumerate(feature_names)
+                if name in categorical
+            ),
+        )
 
     def save(self, directory: str | Path) -> Path:
         """Write model.txt, state.json and manifest.json (with their sha256) into ``directory``.
@@ -502,11 +557,95 @@ class ModelBundle:
         """Feature frame in model order with the training dtypes (see ``prepare_features``)."""
         return prepare_features(frame, self.state["feature_names"], self.state["categorical"])
 
+    def feature_matrix(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The float64 matrix LightGBM would build from ``prepare(frame)``, without building that frame.
+
+        Columns follow ``feature_names``. Numeric features are cast to float64 with +-inf as NaN;
+        a categorical feature holds its value's position in the stored category list (values are
+        matched as ``str(value)``, like ``prepare_features``), NaN for missing or unseen values.
+
+        Args:
+            frame: Any frame holding at least the feature columns (extra columns are ignored).
+
+        Returns:
+            A C-ordered ``(len(frame), len(feature_names))`` float64 matrix, or ``None`` when the
+            frame needs the pandas path to get exactly LightGBM's input or ``prepare``'s error: a
+            feature column missing or duplicated, a numeric feature of a non-numpy or non-numeric
+            dtype (object, nullable, datetime, ...), a categorical value ``pd.isna``/``str`` cannot
+            handle, or a booster whose category lists are not the bundle's exact string lists.
+        """
+        layout = self._matrix_layout
+        if layout is None or not frame.columns.is_unique:
+            return None
+        columns = frame.columns
+        if any(name not in columns for name in self.state["feature_names"]):
+            return None
+        matrix = np.empty((len(frame), layout.width), dtype=np.float64)
+        if layout.numeric_names:
+            numeric = frame[layout.numeric_names]
+            if not all(
+                isinstance(dtype, np.dtype) and dtype.kind in _MATRIX_NUMERIC_KINDS
+                for dtype in numeric.dtypes
+            ):
+                return None
+            block = numeric.to_numpy(dtype=np.float64)
+            block[np.isinf(block)] = np.nan
+            matrix[:, layout.numeric_positions] = block
+        for name, position, codes in layout.categorical:
+            try:
+                # The same per-value test and text form as prepare_features, so values match alike.
+                matrix[:, position] = [
+                    _NAN if pd.isna(value) else codes.get(str(value), _NAN) for value in frame[name].tolist()
+                ]
+            except (TypeError, ValueError):  # e.g. list-valued cells: pd.isna gives an array
+                return None
+        return matrix
+
+    def predict_matrix(
+        self, matrix: np.ndarray, *, raw_score: bool = False, pred_contrib: bool = False
+    ) -> np.ndarray:
+        """The booster's output for a ``feature_matrix``-style matrix.
+
+        Args:
+            matrix: 2-D float64 matrix, one column per feature in ``feature_names`` order, encoded as
+                ``feature_matrix`` describes.
+            raw_score: Return raw margins (as ``predict_raw``).
+            pred_contrib: Return TreeSHAP contributions plus the expected value (as ``contributions``).
+
+        Returns:
+            The booster's predictions (float64): one per row, or ``len(feature_names) + 1`` per row for
+            contributions.
+
+        Raises:
+            ValueError: ``matrix`` is not a 2-D float64 array with one column per feature.
+        """
+        width = len(self.state["feature_names"])
+        if not isinstance(matrix, np.ndarray) or matrix.dtype != np.float64 or matrix.ndim != 2:
+            raise ValueError("predict_matrix needs a 2-D float64 numpy matrix (see feature_matrix)")
+        if matrix.shape[1] != width:
+            raise ValueError(f"predict_matrix needs {width} feature columns, got {matrix.shape[1]}")
+        if matrix.shape[0] == 0:
+            return np.zeros((0, width + 1) if pred_contrib else 0, dtype=float)
+        return np.asarray(
+            self.booster.predict(matrix, raw_score=raw_score, pred_contrib=pred_contrib), dtype=float
+        )
+
+    def _booster_output(
+        self, frame: pd.DataFrame, *, raw_score: bool = False, pred_contrib: bool = False
+    ) -> np.ndarray:
+        # Same numbers either way (tests/serving/test_bundle_numpy_path.py); the matrix skips two
+        # pandas conversions that cost more than the tree walk for small requests.
+        matrix = self.feature_matrix(frame)
+        if matrix is None:
+            output = self.booster.predict(self.prepare(frame), raw_score=raw_score, pred_contrib=pred_contrib)
+            return np.asarray(output, dtype=float)
+        return self.predict_matrix(matrix, raw_score=raw_score, pred_contrib=pred_contrib)
+
     def predict_raw(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw margin per row (log-odds for classifiers; link-scale value for regressors)."""
         if len(frame) == 0:
             return np.zeros(0, dtype=float)
-        return np.asarray(self.booster.predict(self.prepare(frame), raw_score=True), dtype=float)
+        return self._booster_output(frame, raw_score=True)
 
     def predict_uncalibrated(self, frame: pd.DataFrame) -> np.ndarray:
         """Classifier: ``sigmoid(raw margin)`` before calibration; regressor: the booster's output.
@@ -516,7 +655,7 @@ class ModelBundle:
         """
         if len(frame) == 0:
             return np.zeros(0, dtype=float)
-        return np.asarray(self.booster.predict(self.prepare(frame)), dtype=float)
+        return self._booster_output(frame)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Classifier: calibrated probability of the positive class; regressor: predicted value.
@@ -551,8 +690,8 @@ class ModelBundle:
         columns = [*self.state["feature_names"], "expected_value"]
         if len(frame) == 0:
             return pd.DataFrame(columns=columns, dtype=float)
-        values = self.booster.predict(self.prepare(frame), pred_contrib=True)
-        return pd.DataFrame(np.asarray(values, dtype=float), index=frame.index, columns=columns)
+        values = self._booster_output(frame, pred_contrib=True)
+        return pd.DataFrame(values, index=frame.index, columns=columns)
 
     def explain(self, frame: pd.DataFrame, top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Top factors per row: the ``top_k`` features with the largest absolute contribution.
