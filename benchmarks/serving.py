@@ -5,7 +5,8 @@ Everything runs on loopback with bounded request counts:
 1. a synthetic CRM (tests/serving/crm.py), tiny real models registered in a real `mlflow server`;
 2. the revcast service (`bentoml serve`): `POST /v1/opportunities/score` with 1 and 100 raw records
    per request and `POST /v1/accounts/churn` with 1 record, at concurrency 1, 8 and 32: p50/p99
-   latency, requests/s and records/s;
+   latency, requests/s and records/s (one-record requests cycle through 100 different deals or
+   accounts, and mlflow gets the same records' feature rows in the same order);
 3. the floor: the booster's own predict on prepared feature rows, in process (and, for reference,
    the whole in-process request path: records -> tables -> features -> predict -> explain);
 4. `mlflow models serve --env-manager local` on the same registered models (the models-from-code
@@ -53,13 +54,17 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 
 
 def load(
-    send: Callable[[httpx.Client], httpx.Response],
+    send: Callable[[httpx.Client, int], httpx.Response],
     base_url: str,
     concurrency: int,
     n_requests: int,
     max_seconds: float,
 ) -> dict[str, Any]:
-    """Send ``n_requests`` (or stop after ``max_seconds``) with ``concurrency`` threads; all must answer 200."""
+    """Send ``n_requests`` (or stop after ``max_seconds``) with ``concurrency`` threads; all must answer 200.
+
+    ``send(client, i)`` sends the i-th request (i = 0, 1, ... across all threads), so that consecutive
+    requests can carry different records.
+    """
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
@@ -68,13 +73,14 @@ def load(
 
     def worker() -> None:
         with httpx.Client(base_url=base_url, timeout=120) as client:
-            send(client)  # connection set-up outside the measurement
+            send(client, 0)  # connection set-up outside the measurement
             while time.perf_counter() < deadline:
                 with lock:
-                    if next(counter, None) is None:
-                        return
+                    index = next(counter, None)
+                if index is None:
+                    return
                 started = time.perf_counter()
-                response = send(client)
+                response = send(client, index)
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
@@ -184,16 +190,20 @@ def main() -> None:
             "accounts": account_records(tables, account_ids[:100], EXPORT),
         }
         sizes = {"opportunities": (1, 100), "accounts": (1,)}
+        # One-record requests cycle through 100 different deals (accounts), as a CRM asks about the
+        # record a user is looking at; the 100-record request is one batch of those 100.
         payloads = {
-            (endpoint, n): {"as_of": EXPORT.isoformat(), endpoint: records[endpoint][:n]}
+            (endpoint, n): [
+                {"as_of": EXPORT.isoformat(), endpoint: records[endpoint][i : i + n]}
+                for i in range(0, len(records[endpoint]), n)
+            ]
             for endpoint, ns in sizes.items()
             for n in ns
         }
         headers = server.headers()
 
         # Features of the very same records, for the floor and for mlflow models serve.
-        feature_rows = {}
-        for (endpoint, n), payload in payloads.items():
+        def features_of(endpoint: str, payload: dict[str, Any]) -> pd.DataFrame:
             if endpoint == "opportunities":
                 batch = prepare_opportunities(payload[endpoint], EXPORT)
                 features = build_opportunity_features(batch.tables, EXPORT, current_state_as_of=EXPORT)
@@ -204,7 +214,14 @@ def main() -> None:
             for name in model.feature_names:  # as the service does (serving.service.with_model_columns)
                 if name not in features.columns:
                     features[name] = np.nan
-            feature_rows[(endpoint, n)] = features[model.feature_names]
+            return features[model.feature_names]
+
+        # Per request, the feature rows of its records (a record's features depend on the others in
+        # its request, e.g. open deals per owner, so they are built request by request).
+        feature_rows = {
+            key: [features_of(key[0], payload) for payload in key_payloads]
+            for key, key_payloads in payloads.items()
+        }
 
         config = config_from_env({})
         models = ModelSet(
@@ -219,13 +236,12 @@ def main() -> None:
                 models, prepare_accounts(payload["accounts"], EXPORT), config
             ),
         }
-        for (endpoint, n), payload in payloads.items():
+        for (endpoint, n), key_payloads in payloads.items():
             model = bundles[ENDPOINTS[endpoint]["model"]]
-            prepared = model.prepare(feature_rows[(endpoint, n)])
+            payload, rows = key_payloads[0], feature_rows[(endpoint, n)][0]
+            prepared = model.prepare(rows)
             floor = in_process(lambda prepared=prepared, b=model.booster: b.predict(prepared), 200)
-            bundle_predict = in_process(
-                lambda key=(endpoint, n), model=model: model.predict(feature_rows[key]), 100
-            )
+            bundle_predict = in_process(lambda rows=rows, model=model: model.predict(rows), 100)
             pipeline = in_process(lambda payload=payload, endpoint=endpoint: scorers[endpoint](payload), 30)
             results[f"floor_{endpoint}_{n}"] = {
                 "booster_predict": floor,
@@ -251,20 +267,19 @@ def main() -> None:
                     )
                     print(f"mlflow models serve failed: {results['mlflow_error'][endpoint]}", flush=True)
         print("measuring ...", flush=True)
-        for (endpoint, n), payload in payloads.items():
-            mlflow_body = {
-                "dataframe_split": json.loads(
-                    feature_rows[(endpoint, n)].to_json(orient="split", index=False)
-                )
-            }
+        for (endpoint, n), key_payloads in payloads.items():
+            mlflow_bodies = [
+                {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+                for rows in feature_rows[(endpoint, n)]
+            ]
             n_requests = args.requests if n == 1 else max(20, args.requests // 4)
             for concurrency in concurrencies:
                 targets = [
                     (
                         "revcast",
                         server.url,
-                        lambda client, payload=payload, path=ENDPOINTS[endpoint]["path"]: client.post(
-                            path, json=payload, headers=headers
+                        lambda client, i, key_payloads=key_payloads, path=ENDPOINTS[endpoint]["path"]: (
+                            client.post(path, json=key_payloads[i % len(key_payloads)], headers=headers)
                         ),
                     )
                 ]
@@ -273,7 +288,9 @@ def main() -> None:
                         (
                             "mlflow",
                             mlflow_urls[endpoint],
-                            lambda client, body=mlflow_body: client.post("/invocations", json=body),
+                            lambda client, i, bodies=mlflow_bodies: client.post(
+                                "/invocations", json=bodies[i % len(bodies)]
+                            ),
                         )
                     )
                 for name, url, send in targets:
