@@ -6,6 +6,7 @@ package has no side effects at import.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -221,6 +222,9 @@ def quickstart(
 
 def main() -> None:
     """Console-script entry point."""
+    # MLflow draws a download progress bar per model load: ten lines of noise per scored model in
+    # quickstart and batch-scoring output. An explicit setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     app()
 
 
