@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -28,12 +29,51 @@ def serve_command(host: str, port: int) -> list[str]:
     ]
 
 
+def models_without_alias(
+    model_names: Mapping[str, str], kinds: Sequence[str], alias: str, uri: str
+) -> dict[str, str]:
+    """Which of `kinds` have no version behind `alias` in a local registry, and what the registry holds.
+
+    Only local registries (``sqlite:``/``file:`` URIs, and plain paths) are checked: asking a remote
+    tracking server that is down would hold the command up in MLflow's HTTP retries, and the service
+    reports the same problem itself (``/v1/models``, its log).
+
+    Args:
+        model_names: Model kind -> registered model name (``ServiceConfig.model_names``).
+        kinds: Model kinds to check (the ones ``/readyz`` waits for).
+        alias: Alias the service will load (``champion`` by default).
+        uri: Tracking and registry URI.
+
+    Returns:
+        Kind -> the registry's aliases for that model (empty text when none), for each kind missing the alias.
+    """
+    if uri.startswith(("http://", "https://", "databricks")):
+        return {}
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    missing: dict[str, str] = {}
+    for kind in kinds:
+        name = model_names[kind]
+        try:
+            aliases: Any = client.get_registered_model(name).aliases or {}
+        except MlflowException:
+            missing[kind] = ""
+            continue
+        if alias not in aliases:
+            missing[kind] = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items()))
+    return missing
+
+
 def cmd_serve(host: str, port: int) -> None:
-    """Start the prediction service in the foreground until interrupted.
+    """Start the prediction service in the foreground until interrupted: this process becomes `bentoml serve`.
 
     The configuration (serving/serving.yaml plus ``REVCAST_*`` and ``MLFLOW_TRACKING_URI`` environment
     variables) is checked first so that a bad value ends the command with a one-line reason. When
-    ``REVCAST_API_TOKEN`` is not set, a random token is generated for this run and printed once.
+    ``REVCAST_API_TOKEN`` is not set, a random token is generated for this run and printed once. A
+    model that ``/readyz`` waits for but that has no version behind the served alias gets a warning
+    saying what to do (quickstart leaves a model that is not ``ready`` without a champion).
 
     Args:
         host: Interface to bind (``127.0.0.1`` by default; ``0.0.0.0`` exposes it on the network).
@@ -66,10 +106,22 @@ def cmd_serve(host: str, port: int) -> None:
         f"(API docs: /v1/docs, health: /livez /readyz)",
         err=True,
     )
-    working_dir = Path(__file__).resolve().parents[1]
-    try:
-        completed = subprocess.run(serve_command(host, port), env=env, cwd=working_dir, check=False)
-    except KeyboardInterrupt:
-        return
-    if completed.returncode not in (0, -2, 130):
-        raise typer.Exit(completed.returncode)
+    missing = models_without_alias(
+        config.model_names, config.required_models, config.model_alias, env["MLFLOW_TRACKING_URI"]
+    )
+    for kind, aliases in missing.items():
+        typer.echo(
+            f"warning: {config.model_names[kind]} has no '{config.model_alias}' version"
+            f" ({'aliases: ' + aliases if aliases else 'nothing registered'}); /readyz answers 503 until one is"
+            f' promoted (revcast promote {kind}, or --force --reason "..."), or serve another alias'
+            f" (REVCAST_MODEL_ALIAS) or leave {kind} out of readiness (REVCAST_REQUIRED_MODELS)",
+            err=True,
+        )
+    # The command becomes the server (exec, not a child process): a process manager's SIGTERM or a
+    # Ctrl-C then reaches BentoML itself, which shuts its workers down; a parent left in between
+    # would die and leave them serving.
+    os.chdir(Path(__file__).resolve().parents[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = serve_command(host, port)
+    os.execve(command[0], command, env)

@@ -8,6 +8,7 @@ Every step is the same code path as the individual commands, so quickstart prove
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def cmd_quickstart(workdir: Path, accounts: int, seed: int, serve_after: bool) -
     typer.echo(f"   tracking: {tracking_uri()}")
     typer.echo(f"   MLflow UI: mlflow ui --backend-store-uri {tracking_uri()}")
     typer.echo("   service:   revcast serve   (REVCAST_API_TOKEN=... for the prediction endpoints)")
+    from serving.config import config_from_env
+    from training.cmd_serve import models_without_alias
+
+    config = config_from_env(dict(os.environ))
+    for kind in models_without_alias(config.model_names, config.required_models, "champion", tracking_uri()):
+        typer.echo(
+            f"   note: {kind} has no champion (verdict {verdicts.get(kind, '?')}), so the service's /readyz "
+            f"stays 503 until one is promoted; to serve the challenger anyway: revcast promote {kind} "
+            f'--force --reason "..."'
+        )
     if serve_after:
         from training.cmd_serve import cmd_serve
 
