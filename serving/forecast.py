@@ -58,6 +58,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, Field
 
 Tables = dict[str, pd.DataFrame]
 PeriodKind = Literal["month", "quarter"]
@@ -191,6 +192,96 @@ class ForecastResult:
             "totals": records(self.totals),
             "notes": list(self.notes),
         }
+
+
+# --------------------------------------------------------------------------- API answer
+
+# The service's forecast learns win rates, timing and amounts from the dataset's own history at request
+# time; no registered model is involved (the CLI's --as-of forecast may use the win champion instead).
+FORECAST_METHOD = "historical-rates"
+
+
+class ForecastRow(BaseModel):
+    """One (group, period) row of a forecast; money in the data's currency (see the module docstring)."""
+
+    group: str = Field(description="Rep, team or region name; 'total' for the totals.")
+    period: str = Field(description="Period label, e.g. '2026-Q4' or '2026-11'.")
+    period_start: str = Field(description="First day of the period (ISO date).")
+    period_end: str = Field(description="Last day of the period (ISO date).")
+    won_to_date: float | None = Field(description="Won revenue with closed_at in [period_start, as_of].")
+    open_pipeline_expected: float | None = Field(description="Expected won revenue of deals open at as_of.")
+    not_yet_created_expected: float | None = Field(
+        description="Expected won revenue of deals created after as_of."
+    )
+    expected: float | None = Field(
+        description="won_to_date + open_pipeline_expected + not_yet_created_expected."
+    )
+    mean: float | None = Field(description="Mean of the simulated won revenue.")
+    p10: float | None = Field(description="10th percentile of the simulated won revenue.")
+    p50: float | None = Field(description="Median of the simulated won revenue (not additive over groups).")
+    p90: float | None = Field(description="90th percentile of the simulated won revenue.")
+    commit: float | None = Field(description="Won to date plus open late-stage deals with a high p_win.")
+    best_case: float | None = Field(description="Won to date plus open deals with p_win above the threshold.")
+    pipeline: float | None = Field(description="Won to date plus every open deal.")
+    n_open_deals: int = Field(description="Deals open at as_of.")
+    recurring_expected: float | None = Field(
+        default=None, description="MRR in force x months left, less expected churn (beside, not inside, p50)."
+    )
+    quota: float | None = Field(default=None, description="Quota of the group for the period, if known.")
+    attainment_p50: float | None = Field(default=None, description="p50 / quota.")
+
+
+class ForecastResponse(BaseModel):
+    """Answer of ``GET /v1/forecast``.
+
+    ``model`` is always ``forecast``. ``model_version`` is ``<method>@<data_through>``, e.g.
+    ``historical-rates@2026-10-31T23:34:45``: the method names where the win rates come from (today
+    always the dataset's own history; no registered model is used) and ``data_through`` identifies
+    the loaded dataset. A CRM that logs ``model_version`` with ``as_of``, ``period`` and ``by`` can
+    tell which answers were computed from the same inputs: the simulation is seeded, so equal inputs
+    give equal numbers on the same revcast release.
+    """
+
+    model: str = Field(description="Always 'forecast'.")
+    model_version: str = Field(
+        description="'<method>@<data_through>', e.g. 'historical-rates@2026-10-31T23:34:45'."
+    )
+    data_from: str = Field(
+        description="Creation time of the dataset's first deal: the earliest accepted as_of."
+    )
+    data_through: str = Field(
+        description="Latest timestamp in the dataset: the default and latest accepted as_of."
+    )
+    as_of: str = Field(description="The forecast date.")
+    period: str = Field(description="'month' or 'quarter'.")
+    by: str | None = Field(description="Grouping: null, 'rep', 'team' or 'region'.")
+    groups: list[ForecastRow] = Field(description="One row per (group, period).")
+    totals: list[ForecastRow] = Field(description="One row per period, summed over groups (group 'total').")
+    notes: list[str] = Field(description="Plain-language notes: what was learned from, fallbacks used.")
+
+
+def forecast_data_range(tables: Tables) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The dates a forecast of these tables can be made as of.
+
+    Before the first deal was created there is nothing to learn from; after the dataset's latest
+    timestamp the open deals' states and the won revenue are unknown (they would silently count as
+    frozen at the export), so both ends bound ``as_of``.
+
+    Args:
+        tables: Canonical tables (opportunities required).
+
+    Returns:
+        ``(first opportunity created_at, latest event timestamp in any table)``, timezone-naive UTC.
+
+    Raises:
+        ValueError: No opportunities (or none with a creation time).
+    """
+    from features.labels import data_export_date
+
+    opps = tables.get("opportunities")
+    if opps is None or "created_at" not in opps.columns or not opps["created_at"].notna().any():
+        raise ValueError("forecast: the 'opportunities' table with created_at values is required")
+    return pd.Timestamp(opps["created_at"].min()), data_export_date(tables)
 
 
 # --------------------------------------------------------------------------- periods
@@ -1104,9 +1195,14 @@ def forecast_revenue(
     ]
     analogs = _analogs(view, as_of, period, n_periods, params)
     if not analogs.dates:
+        first_deal = opps["created_at"].min()
         raise ValueError(
             f"forecast as of {as_of.date()}: no complete past {period} to learn from "
-            f"(opportunities start {opps['created_at'].min()})"
+            + (
+                "(no opportunity was created by then)"
+                if pd.isna(first_deal)
+                else f"(opportunities start {first_deal})"
+            )
         )
 
     won_amount_by_id = pd.Series(_won_amount_known(view).to_numpy(), index=opps["opportunity_id"].to_numpy())

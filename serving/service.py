@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.coalesce import RequestCoalescer, ScoringJob, merge_batches, split_body
 from serving.config import ServiceConfig, config_from_env, grade_for, risk_band_for, score_for
+from serving.forecast import ForecastResponse
 from serving.requests import (
     PreparedBatch,
     RequestError,
@@ -622,6 +623,8 @@ class RevcastService:
         self._reload_lock = threading.Lock()
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
+        # (first deal created, latest timestamp) of the forecast dataset: the as_of values it can answer.
+        self._forecast_range: tuple[pd.Timestamp, pd.Timestamp] | None = None
         self._metrics = _metrics()
         # Scoring runs on its own few threads rather than the server's shared thread pool: dozens of
         # CPU-bound requests interleaving on a few cores make every one of them slow. Requests that
@@ -668,8 +671,12 @@ class RevcastService:
         if self.config.data_dir is not None:
             try:
                 from features.data import load_tables
+                from serving.forecast import forecast_data_range
 
-                self._forecast_tables, _report = load_tables(self.config.data_dir)
+                tables, _report = load_tables(self.config.data_dir)
+                # Range first: the endpoint reads the tables as the sign that both are set.
+                self._forecast_range = forecast_data_range(tables)
+                self._forecast_tables = tables
             except Exception as exc:  # the forecast answers 503 with this reason
                 self._forecast_error = f"{type(exc).__name__}: {exc}"
         freeze_long_lived_objects()
@@ -818,6 +825,7 @@ class RevcastService:
 
     @api.get(
         "/forecast",
+        response_model=ForecastResponse,
         responses=_ERRORS,
         summary="Revenue forecast (P10/P50/P90) for the current period, optionally by rep/team/region",
         tags=["predictions"],
@@ -829,10 +837,21 @@ class RevcastService:
         period: Annotated[Literal["month", "quarter"], Query()] = "quarter",
         by: Annotated[Literal["rep", "team", "region"] | None, Query()] = None,
         as_of: Annotated[
-            str | None, Query(description="ISO date (default: latest date in the dataset).")
+            str | None,
+            Query(
+                description="ISO date or datetime inside the dataset (`data_from` .. `data_through` of "
+                "the answer; default: `data_through`, the latest timestamp in the dataset)."
+            ),
         ] = None,
     ) -> JSONResponse:
-        """Forecast from the service's configured dataset (``REVCAST_DATA_DIR``)."""
+        """Forecast from the service's configured dataset (``REVCAST_DATA_DIR``).
+
+        No registered model is used: win rates, close timing and amounts are learned from the
+        dataset's own history (``serving.forecast``), so ``model`` is ``forecast`` and
+        ``model_version`` is ``historical-rates@<data_through>`` (see ``ForecastResponse``).
+        An ``as_of`` outside the dataset answers 422: after its end the deals' states and won revenue
+        are unknown, before its first deal there is nothing to learn from.
+        """
         started = time.perf_counter()
         request_id = _request_id(request)
         status = 500
@@ -845,8 +864,10 @@ class RevcastService:
             from serving.requests import parse_as_of
 
             tables = self._forecast_tables
-            when = parse_as_of(as_of) if as_of is not None else None
-            result = await run_in_threadpool(_forecast, tables, when, period, by)
+            data_range = self._forecast_range
+            assert data_range is not None  # set before the tables (see _initial_load)
+            when = _check_forecast_as_of(parse_as_of(as_of), data_range) if as_of is not None else None
+            result = await run_in_threadpool(_forecast, tables, when, period, by, data_range)
             status = 200
             return JSONResponse(result, headers={"X-Request-ID": request_id})
         except (ApiError, RequestError) as exc:
@@ -854,7 +875,9 @@ class RevcastService:
             return _error_response(status, str(exc), getattr(exc, "field", None))
         except ValueError as exc:  # the engine's own message (e.g. no history to learn from)
             status = 422
-            return _error_response(422, str(exc).splitlines()[0])
+            message = str(exc).splitlines()[0]
+            about_as_of = as_of is not None and "to learn from" in message
+            return _error_response(422, message, "as_of" if about_as_of else None)
         except Exception as exc:
             logger.exception("forecast %s failed: %s", request_id, type(exc).__name__)
             return _error_response(500, f"internal error (request id {request_id})")
@@ -889,10 +912,26 @@ class RevcastService:
         """Also puts the request schema into every OpenAPI document built from the routes."""
         return AccountChurnRequest.model_validate(EXAMPLE_CHURN_REQUEST)
 
-    @api.get("/models", response_model=ModelsResponse, tags=["service"], summary="Models being served")
-    async def models_info(self) -> ModelsResponse:
-        """Name, version, alias and sha256 of every model kind, and why one is missing."""
-        return _models_response(self.models, self.config)
+    @api.get(
+        "/models",
+        response_model=ModelsResponse,
+        responses=_ERRORS,
+        tags=["service"],
+        summary="Models being served",
+    )
+    async def models_info(
+        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> JSONResponse:
+        """Name, version, alias and sha256 of every model kind, and why one is missing.
+
+        Needs the token like the prediction endpoints: run ids, hashes and load errors (which can
+        name registry paths) are for operators, not for anyone who can reach the port.
+        """
+        try:
+            self._check_token(credentials)
+        except ApiError as exc:
+            return _error_response(exc.status, str(exc))
+        return JSONResponse(_models_response(self.models, self.config).model_dump())
 
     @api.post(
         "/admin/reload",
@@ -972,16 +1011,52 @@ def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
     return split_body(body, merged, id_field)
 
 
-def _forecast(
-    tables: dict[str, pd.DataFrame], as_of: pd.Timestamp | None, period: str, by: str | None
-) -> dict:
-    from features.labels import data_export_date
-    from serving.forecast import forecast_revenue
+def _check_forecast_as_of(as_of: pd.Timestamp, data_range: tuple[pd.Timestamp, pd.Timestamp]) -> pd.Timestamp:
+    """Refuse (422, field ``as_of``) a forecast date outside the dataset.
 
+    After the data ends, the open deals would count as frozen in their exported state and nothing
+    would be won: wrong numbers with a 200. Before the first deal there is nothing to learn from.
+    """
+    first, last = data_range
+    span = f"the dataset runs from {first.isoformat()} (first deal created) to {last.isoformat()}"
+    if as_of > last:
+        raise ApiError(
+            422,
+            f"as_of {as_of.isoformat()} is after the end of the data: {span}; leave as_of out to "
+            "forecast as of the data's end, or load a newer export (REVCAST_DATA_DIR) and restart",
+            field="as_of",
+        )
+    if as_of < first:
+        raise ApiError(
+            422,
+            f"as_of {as_of.isoformat()} is before the first deal: {span}; pass an as_of inside that "
+            "range, or leave it out to forecast as of the data's end",
+            field="as_of",
+        )
+    return as_of
+
+
+def _forecast(
+    tables: dict[str, pd.DataFrame],
+    as_of: pd.Timestamp | None,
+    period: str,
+    by: str | None,
+    data_range: tuple[pd.Timestamp, pd.Timestamp],
+) -> dict[str, Any]:
+    """The ``ForecastResponse`` body: the engine's result with the model fields a CRM logs."""
+    from serving.forecast import FORECAST_METHOD, forecast_revenue
+
+    first, last = data_range
     if as_of is None:
-        as_of = data_export_date(tables)
+        as_of = last
     result = forecast_revenue(tables, as_of, period=period, by=by, current_state_as_of=as_of)  # type: ignore[arg-type]
-    return result.to_dict()
+    return {
+        "model": "forecast",
+        "model_version": f"{FORECAST_METHOD}@{last.isoformat()}",
+        "data_from": first.isoformat(),
+        "data_through": last.isoformat(),
+        **result.to_dict(),
+    }
 
 
 def _models_response(models: ModelSet, config: ServiceConfig) -> ModelsResponse:

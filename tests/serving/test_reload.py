@@ -80,7 +80,7 @@ def test_reload_keeps_the_old_model_when_the_new_one_fails(service, registry) ->
             assert response.status_code == 200, response.text
             outcome = response.json()["reload"]["churn"]
             assert outcome.startswith(f"kept old ({old_version}): BundleIntegrityError"), outcome
-            info = http.get("/v1/models").json()
+            info = http.get("/v1/models", headers=service.headers()).json()
             assert info["models"]["churn"]["version"] == old_version
             assert info["ready"] is True
             assert http.get("/readyz").status_code == 200
