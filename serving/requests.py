@@ -246,13 +246,13 @@ def _validate(model: type[BaseModel], record: Any) -> tuple[BaseModel | None, li
 
 
 def _caller_id(record: Any, id_field: str) -> str | None:
-    """The caller's id of a record, as given, when it is a usable string."""
+    """The caller's id of a record exactly as sent (a rejection names the record the caller sent)."""
     if (
         isinstance(record, dict)
         and isinstance(record.get(id_field), str | int)
         and not isinstance(record.get(id_field), bool)
     ):
-        return str(record[id_field]).strip() or None
+        return str(record[id_field])
     return None
 
 
@@ -300,9 +300,13 @@ def _frame(rows: Sequence[dict[str, Any]], columns: Mapping[str, str], keep_extr
             )
         elif kind in (_NUM, _BOOL):
             data[name] = _float_array(raw)
+        elif kind == _ID:
+            data[name] = np.array([canonical_text(v) for v in raw] or [], dtype=object)
         else:
             lower = kind == _ENUM
-            data[name] = np.array([canonical_text(v, lower=lower) for v in raw] or [], dtype=object)
+            data[name] = np.array(
+                [canonical_text(v, lower=lower, strip=True) for v in raw] or [], dtype=object
+            )
     for name in extra:
         raw = [row.get(name) for row in rows]
         if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
@@ -320,14 +324,30 @@ def _float_array(values: Sequence[Any]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
 
 
-def canonical_text(value: Any, lower: bool = False) -> str | None:
-    """Canonical text cell: stripped str, empty -> None (as features.data does for files)."""
+def canonical_text(value: Any, lower: bool = False, *, strip: bool = False) -> str | None:
+    """Canonical text cell: str, blank -> None; stripped if ``strip``, lower case if ``lower``.
+
+    The default is the id clean-up: an id is kept as sent, surrounding whitespace included, so that
+    the answer carries the caller's id and ``"o-1"`` and ``"o-1 "`` stay two records (the API's ids
+    are validated non-blank; serving.coalesce applies this to every ``*_id`` value it prefixes).
+    Labels and free text are stripped (``strip=True``), as features.data does for files.
+
+    Args:
+        value: A cell value (None for missing).
+        lower: Lower-case the text (enum-like labels such as stage or type); implies ``strip``.
+        strip: Remove surrounding whitespace.
+
+    Returns:
+        The text, or None when the value is missing or blank.
+    """
     if value is None:
         return None
-    text = str(value).strip()
-    if not text:
+    text = str(value)
+    if not text.strip():
         return None
-    return text.lower() if lower else text
+    if lower:
+        return text.strip().lower()
+    return text.strip() if strip else text
 
 
 def _empty_tables(names: Iterable[str]) -> Tables:

@@ -10,14 +10,41 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 # Numbers must be finite: NaN/Infinity are not JSON and would poison the features.
 Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Count = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-# An id is a non-empty string; numbers are refused rather than guessed at (ids are strings in the contract).
-Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _not_blank(value: str) -> str:
+    """Refuse an id with no visible character (it names nothing the caller could match an answer to)."""
+    if not value.strip():
+        raise ValueError(f"an id must not be empty or only whitespace (got {value!r})")
+    return value
+
+
+# An id is a string with a visible character, kept verbatim: the answer must carry the caller's id as
+# sent, and ids that differ only in whitespace are different ids (the records' str_strip_whitespace
+# does not apply to them). Numbers are refused rather than guessed at (ids are strings in the contract).
+Id = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False, min_length=1, max_length=200),
+    AfterValidator(_not_blank),
+    Field(
+        description="Kept verbatim (surrounding whitespace included); must not be blank.",
+        json_schema_extra={"pattern": r"\S"},
+    ),
+]
 # Rows of one nested list (a deal's history, an account's usage, ...). The body-size limit bounds a
 # request as a whole; this bounds one record, so that a single record cannot hold most of a request.
 # Ten years of daily usage (3,653 rows) fit.
@@ -48,7 +75,11 @@ When = Annotated[
 
 
 class _Record(BaseModel):
-    """Base of every record: unknown extra fields are kept and ignored, as in the data contract."""
+    """Base of every record: unknown extra fields are kept and ignored, as in the data contract.
+
+    Free-text fields lose surrounding whitespace (stage, industry, product: labels a CRM export
+    pads), except ``Id`` fields, which are kept as sent.
+    """
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
