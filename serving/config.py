@@ -17,6 +17,25 @@ import yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("serving.yaml")
 
+# Current-stage values that say a deal is closed, as common CRMs spell them (Salesforce "Closed Won" /
+# "Closed Lost", HubSpot "closedwon" / "closedlost", plain won / lost / closed), after the clean-up
+# every stage gets (stripped, lower case; normalise_stage). serving.yaml carries the same list.
+DEFAULT_CLOSED_STAGES: frozenset[str] = frozenset(
+    {
+        "closed won",
+        "closed lost",
+        "closed_won",
+        "closed_lost",
+        "closed-won",
+        "closed-lost",
+        "closedwon",
+        "closedlost",
+        "won",
+        "lost",
+        "closed",
+    }
+)
+
 
 class ConfigError(ValueError):
     """A configuration value (file or environment variable) is invalid."""
@@ -47,6 +66,8 @@ class ServiceConfig:
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
         risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
         top_k_factors: Number of signed contributions returned per record.
+        closed_stages: Stages (normalised: stripped, lower case) that mean a deal is closed; a deal
+            sent for scoring with one of them and no outcome is rejected, not scored as open.
     """
 
     api_token: str | None = None
@@ -68,6 +89,7 @@ class ServiceConfig:
     grade_cuts: Mapping[str, float] = field(default_factory=lambda: {"A": 0.6, "B": 0.4, "C": 0.2})
     risk_band_cuts: Mapping[str, float] = field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
     top_k_factors: int = 5
+    closed_stages: frozenset[str] = DEFAULT_CLOSED_STAGES
 
     def __post_init__(self) -> None:
         """Check the values that would otherwise fail only at request time."""
@@ -90,6 +112,43 @@ class ServiceConfig:
         unknown = set(self.required_models) - set(self.model_names)
         if unknown:
             raise ConfigError(f"required_models names unknown model kinds: {sorted(unknown)}")
+        # Compared with normalised stages: a value that is not normalised itself would never match.
+        odd = sorted(
+            repr(stage)
+            for stage in self.closed_stages
+            if not isinstance(stage, str) or not stage or normalise_stage(stage) != stage
+        )
+        if odd:
+            raise ConfigError(f"closed_stages must be non-empty, stripped and lower case, got {odd}")
+
+
+def normalise_stage(value: str) -> str:
+    """A stage as it is compared and used as a feature: stripped, lower case."""
+    return value.strip().lower()
+
+
+def parse_closed_stages(name: str, value: Any) -> frozenset[str]:
+    """Closed stages from a list (serving.yaml) or comma-separated text (environment), normalised.
+
+    Args:
+        name: Where the value comes from, for the error message.
+        value: A list of stage names, or text such as ``"Closed Won,Closed Lost"``.
+
+    Returns:
+        The normalised stages (an empty set: no stage means closed).
+
+    Raises:
+        ConfigError: A list item that is not text or is blank.
+    """
+    if isinstance(value, str):
+        # Blank parts of the text (a trailing comma) are not stages.
+        return frozenset(normalise_stage(part) for part in value.split(",") if part.strip())
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise ConfigError(f"{name} must be a list of stage names, got {type(value).__name__}")
+    bad = [item for item in value if not isinstance(item, str) or not item.strip()]
+    if bad:
+        raise ConfigError(f"{name}: every stage must be a non-empty string, got {bad[0]!r}")
+    return frozenset(normalise_stage(item) for item in value)
 
 
 def _check_cuts(name: str, cuts: Mapping[str, float], order: list[str]) -> None:
@@ -145,7 +204,8 @@ def config_from_env(
     ``MLFLOW_TRACKING_URI``, ``REVCAST_DATA_DIR``, ``REVCAST_MAX_RECORDS``, ``REVCAST_MAX_BODY_BYTES``,
     ``REVCAST_REQUEST_TIMEOUT_S``, ``REVCAST_WORKERS``, ``REVCAST_SCORING_THREADS``, ``REVCAST_GRADE_CUTS`` (``"0.6,0.4,0.2"``),
     ``REVCAST_RISK_BAND_CUTS`` (``"0.5,0.2"``), ``REVCAST_TOP_FACTORS``, ``REVCAST_REQUIRED_MODELS``
-    (``"win,churn"``).
+    (``"win,churn"``), ``REVCAST_CLOSED_STAGES`` (``"Closed Won,Closed Lost"``, replaces the
+    list).
 
     Args:
         environ: The environment to read (default: ``os.environ``).
@@ -174,6 +234,9 @@ def config_from_env(
         "grade_cuts": dict(base.get("grade_cuts", ServiceConfig().grade_cuts)),
         "risk_band_cuts": dict(base.get("risk_band_cuts", ServiceConfig().risk_band_cuts)),
         "top_k_factors": int(base.get("top_k_factors", ServiceConfig.top_k_factors)),
+        "closed_stages": parse_closed_stages(
+            "closed_stages", base.get("closed_stages", sorted(DEFAULT_CLOSED_STAGES))
+        ),
     }
     if env.get("REVCAST_API_TOKEN"):
         values["api_token"] = env["REVCAST_API_TOKEN"]
@@ -211,6 +274,8 @@ def config_from_env(
         )
     if env.get("REVCAST_TOP_FACTORS"):
         values["top_k_factors"] = _int("REVCAST_TOP_FACTORS", env["REVCAST_TOP_FACTORS"])
+    if env.get("REVCAST_CLOSED_STAGES"):
+        values["closed_stages"] = parse_closed_stages("REVCAST_CLOSED_STAGES", env["REVCAST_CLOSED_STAGES"])
     if env.get("REVCAST_REQUIRED_MODELS") is not None:
         values["required_models"] = tuple(
             part.strip() for part in env["REVCAST_REQUIRED_MODELS"].split(",") if part.strip()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from features.contract import TABLES, ColumnSpec
+from serving.config import DEFAULT_CLOSED_STAGES
 from serving.schemas import ChurnAccountIn, OpportunityIn
 
 Tables = dict[str, pd.DataFrame]
@@ -384,7 +385,11 @@ def build_tables(rows: Mapping[str, Sequence[dict[str, Any]]]) -> Tables:
 
 
 def prepare_opportunities(
-    records: Sequence[Any], as_of: pd.Timestamp, *, with_tables: bool = True
+    records: Sequence[Any],
+    as_of: pd.Timestamp,
+    *,
+    with_tables: bool = True,
+    closed_stages: Collection[str] = DEFAULT_CLOSED_STAGES,
 ) -> PreparedBatch:
     """Validate opportunity records and build the tables the win/amount features are computed from.
 
@@ -396,6 +401,8 @@ def prepare_opportunities(
         as_of: Timestamp the deals are scored as of.
         with_tables: False leaves ``tables`` empty (only ``rows``), for requests merged before
             their tables are built.
+        closed_stages: Stages (stripped, lower case: ``ServiceConfig.closed_stages``) that mean a
+            deal is closed; a deal with one of them is rejected naming ``stage``.
 
     Returns:
         The batch: tables ``accounts``, ``opportunities``, ``opportunity_history``, ``activities``.
@@ -413,7 +420,7 @@ def prepare_opportunities(
         parsed, errors = _validate(OpportunityIn, record)
         if parsed is not None:
             assert isinstance(parsed, OpportunityIn)
-            errors = _check_opportunity(parsed, as_of)
+            errors = _check_opportunity(parsed, as_of, closed_stages)
             if parsed.opportunity_id in values:
                 errors.append(
                     f"opportunity_id: {parsed.opportunity_id!r} appears more than once in the request"
@@ -462,7 +469,7 @@ def prepare_opportunities(
     )
 
 
-def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
+def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp, closed_stages: Collection[str]) -> list[str]:
     """Reasons why a well-formed deal cannot be scored as of ``as_of``."""
     errors = []
     if to_timestamp(opp.created_at) > as_of:
@@ -472,6 +479,13 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp) -> list[str]:
     elif opp.closed_at is not None and to_timestamp(opp.closed_at) <= as_of:
         errors.append(
             f"closed_at: the deal closed on {opp.closed_at}, on or before as_of; only open deals are scored"
+        )
+    elif canonical_text(opp.stage, lower=True) in closed_stages:
+        # Scored as open, a closed stage is just an unseen category: the deal would get an open
+        # deal's score (the same as stage "banana") instead of being reported.
+        errors.append(
+            f"stage: {opp.stage!r} means the deal is closed and closed deals are not scored; "
+            "send its closed_at and outcome (won/lost)"
         )
     if opp.account is not None:
         if opp.account.account_id != opp.account_id:
