@@ -194,7 +194,9 @@ def _warm_one(kind: str, model: LoadedModel, config: ServiceConfig) -> None:
     """One prediction through the full request path, so the first real request is not the slow one."""
     if kind in ("win", "amount"):
         batch = prepare_opportunities(
-            EXAMPLE_OPPORTUNITY_REQUEST["opportunities"], pd.Timestamp("2026-11-01")
+            EXAMPLE_OPPORTUNITY_REQUEST["opportunities"],
+            pd.Timestamp("2026-11-01"),
+            closed_stages=config.closed_stages,
         )
         frame = opportunity_feature_frame(batch)
     else:
@@ -1001,6 +1003,8 @@ def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
     requests: list[ScoringRequest] = [job.payload for job in jobs]
     first = requests[0]
     prepare, score, id_field = _SCORERS[first.endpoint]
+    if first.endpoint == "opportunities":  # the configured closed-stage vocabulary (serving.yaml)
+        prepare = functools.partial(prepare, closed_stages=first.config.closed_stages)
     # Equal merge keys: either every request names the same as_of or none does (then: now, once).
     as_of = first.as_of if first.as_of is not None else to_timestamp(datetime.now(UTC))
     if len(requests) == 1:

@@ -240,3 +240,22 @@ def test_requests_without_as_of_merge_and_share_the_time_they_are_scored(
     # Exactly the answers of the same requests naming that time.
     named = [ScoringRequest(r.endpoint, models, r.records, as_of, config, True) for r in requests]
     _assert_same_bodies(merged, _alone(named))
+
+
+def test_the_configured_closed_stages_apply_alone_and_merged(crm_tables: dict, models: ModelSet) -> None:
+    tables = crm_tables["tables"]
+    opps = tables["opportunities"]
+    open_ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].tolist()
+    records = opportunity_records(tables, open_ids[:4], EXPORT)
+    records[1]["stage"] = "Contract Signed"  # this CRM's closed stage: not in the default vocabulary
+    config = config_from_env({"REVCAST_CLOSED_STAGES": "contract signed"})
+    requests = [
+        ScoringRequest("opportunities", models, records[:2], EXPORT, config, False),
+        ScoringRequest("opportunities", models, records[2:], EXPORT, config, False),
+    ]
+    for bodies in (_alone(requests), score_request_jobs(_jobs(requests))):
+        assert [r["opportunity_id"] for r in bodies[0]["rejected"]] == [open_ids[1]]
+        assert "stage" in bodies[0]["rejected"][0]["errors"][0]
+        assert [len(body["results"]) for body in bodies] == [1, 2]
+    default = ScoringRequest("opportunities", models, records[:2], EXPORT, config_from_env({}), False)
+    assert len(_alone([default])[0]["results"]) == 2  # without the setting it is an open deal's stage
