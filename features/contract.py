@@ -35,6 +35,8 @@ class ColumnSpec:
         required: Whether the column must exist and every row must hold a valid value.
         allowed: For ``enum`` columns, the allowed (lower-case) values; empty cells mean missing.
         lowercase: For ``category`` columns, whether values are lower-cased when canonicalised.
+        minimum: For ``number`` columns, the smallest valid value (``None`` = no bound). Money and
+            counts are never negative; a value below the bound is treated like an unparsable one.
         description: What the column means (used in docs and error messages).
     """
 
@@ -43,6 +45,7 @@ class ColumnSpec:
     required: bool = False
     allowed: tuple[str, ...] = ()
     lowercase: bool = False
+    minimum: float | None = None
     description: str = ""
 
 
@@ -123,6 +126,8 @@ OPPORTUNITY_OUTCOMES: tuple[str, ...] = ("won", "lost")
 SURVEY_KINDS: tuple[str, ...] = ("nps", "csat", "ces")
 
 # Order matters: parents come before their children so that row drops cascade in one pass.
+# Money and counts carry minimum=0.0: a negative one is an entry or export error, never a real value.
+# csat and survey scores have no bound: CONTRACT.md does not fix their scales.
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
@@ -139,8 +144,8 @@ TABLES: dict[str, TableSpec] = {
                 _opt("industry", "category", lowercase=True),
                 _opt("country", "category"),
                 _opt("region", "category"),
-                _opt("employees", "number"),
-                _opt("annual_revenue", "number"),
+                _opt("employees", "number", minimum=0.0),
+                _opt("annual_revenue", "number", minimum=0.0),
                 _opt("owner_id", "id"),
                 _opt("segment", "category", lowercase=True),
             ),
@@ -169,7 +174,7 @@ TABLES: dict[str, TableSpec] = {
                 _req("rep_id", "id"),
                 _req("period_start", "timestamp"),
                 _req("period_end", "timestamp"),
-                _req("amount", "number"),
+                _req("amount", "number", minimum=0.0),
             ),
         ),
         TableSpec(
@@ -181,7 +186,7 @@ TABLES: dict[str, TableSpec] = {
             extension=True,
             columns=(
                 _req("product", "category"),
-                _opt("list_price", "number"),
+                _opt("list_price", "number", minimum=0.0),
                 _opt("series", "category"),
             ),
         ),
@@ -200,12 +205,12 @@ TABLES: dict[str, TableSpec] = {
                 _opt("product", "category"),
                 _opt("type", "enum", allowed=OPPORTUNITY_TYPES),
                 _opt("lead_source", "category", lowercase=True),
-                _opt("amount", "number", description="expected amount (current state)"),
+                _opt("amount", "number", description="expected amount (current state)", minimum=0.0),
                 _opt("expected_close_date", "timestamp"),
                 _opt("stage", "category", lowercase=True, description="current stage"),
                 _opt("closed_at", "timestamp"),
                 _opt("outcome", "enum", allowed=OPPORTUNITY_OUTCOMES, description="won/lost/empty"),
-                _opt("won_amount", "number"),
+                _opt("won_amount", "number", minimum=0.0),
             ),
         ),
         TableSpec(
@@ -219,7 +224,7 @@ TABLES: dict[str, TableSpec] = {
                 _req("opportunity_id", "id"),
                 _req("changed_at", "timestamp"),
                 _opt("stage", "category", lowercase=True),
-                _opt("amount", "number"),
+                _opt("amount", "number", minimum=0.0),
                 _opt("expected_close_date", "timestamp"),
             ),
         ),
@@ -239,7 +244,7 @@ TABLES: dict[str, TableSpec] = {
                 _req("occurred_at", "timestamp"),
                 _req("type", "category", lowercase=True, description="call/email/meeting/demo/..."),
                 _opt("opportunity_id", "id"),
-                _opt("duration_s", "number"),
+                _opt("duration_s", "number", minimum=0.0),
                 _opt("direction", "category", lowercase=True),
                 _opt("replied", "bool"),
             ),
@@ -255,7 +260,7 @@ TABLES: dict[str, TableSpec] = {
                 _req("subscription_id", "id"),
                 _req("account_id", "id"),
                 _req("start_date", "timestamp"),
-                _req("mrr", "number"),
+                _req("mrr", "number", minimum=0.0),
                 _opt("end_date", "timestamp"),
                 _opt("product", "category"),
                 _opt("auto_renew", "bool"),
@@ -272,8 +277,8 @@ TABLES: dict[str, TableSpec] = {
             columns=(
                 _req("account_id", "id"),
                 _req("date", "timestamp"),
-                _opt("active_users", "number"),
-                _opt("events", "number"),
+                _opt("active_users", "number", minimum=0.0),
+                _opt("events", "number", minimum=0.0),
             ),
         ),
         TableSpec(

@@ -351,6 +351,41 @@ class _TableCheck:
 # --------------------------------------------------------------------------- validation
 
 
+def _separator_hint(header: list[str]) -> str | None:
+    """Why a one-column header without commas is not comma-separated (e.g. "looks ';'-separated"), or None."""
+    if len(header) != 1 or "," in header[0]:
+        return None
+    for separator, label in ((";", "';'"), ("\t", "tab"), ("|", "'|'")):
+        if separator in header[0]:
+            return f"looks {label}-separated; CSV files must be comma-separated"
+    return None
+
+
+def _match_column_case(
+    spec: TableSpec, raw: pd.DataFrame, source: str, report: ValidationReport
+) -> pd.DataFrame:
+    """Rename columns that differ from a contract column only in case (``Account_Id``), with a note.
+
+    Only an unambiguous match is renamed: the contract name itself is absent and exactly one
+    column spells it in another case. Values are untouched, so the rename cannot change data.
+    """
+    present = set(raw.columns)
+    renames: dict[str, str] = {}
+    for name in spec.column_names:
+        if name in present:
+            continue
+        matches = [str(c) for c in raw.columns if str(c).lower() == name.lower()]
+        if len(matches) == 1:
+            renames[matches[0]] = name
+    if not renames:
+        return raw
+    report.notes.append(
+        f"{source}: column names matched ignoring case: "
+        + ", ".join(f"{old} -> {new}" for old, new in renames.items())
+    )
+    return raw.rename(columns=renames)
+
+
 def _validate_one(
     spec: TableSpec,
     raw: pd.DataFrame,
@@ -362,6 +397,7 @@ def _validate_one(
 ) -> tuple[pd.DataFrame, _TableCheck]:
     raw = raw.reset_index(drop=True)
     raw.columns = [str(name).strip().lstrip("\ufeff") for name in raw.columns]
+    raw = _match_column_case(spec, raw, source, report)
     n_rows = len(raw)
     check = _TableCheck(spec.name, source, np.arange(first_row_number, first_row_number + n_rows))
 
@@ -373,6 +409,18 @@ def _validate_one(
             f"{source}: missing required column{plural} {', '.join(repr(c) for c in missing_columns)}"
             f" (required: {', '.join(spec.required_columns)}; found: {found})"
         )
+        separator = _separator_hint(list(raw.columns))
+        if separator is not None:
+            # The whole header landed in one column: the cause is the separator, not the columns.
+            message = f"{source}: {separator}; {message[len(source) + 2 :]}"
+        ambiguous = {
+            name: [str(c) for c in raw.columns if str(c).lower() == name.lower()] for name in missing_columns
+        }
+        ambiguous = {name: found_as for name, found_as in ambiguous.items() if found_as}
+        if ambiguous:
+            message += "; differ only in case (ambiguous, so not renamed): " + "; ".join(
+                f"{name}: {', '.join(found_as)}" for name, found_as in ambiguous.items()
+            )
         issue = Issue(spec.name, missing_columns[0], "missing_column", n_rows, [], [], "fatal", message)
         report.errors.append(issue)
         raise DataValidationError(message, report)
@@ -391,6 +439,17 @@ def _validate_one(
         check.record(
             bad, raw_values, column=column.name, rule=rule, action=action, expected=_expectation(column)
         )
+        if column.kind == "number" and column.minimum is not None:
+            below = (parsed < column.minimum).to_numpy(dtype=bool) & ~bad
+            check.record(
+                below,
+                raw_values,
+                column=column.name,
+                rule="out_of_range",
+                action=action,
+                expected=f"a number >= {column.minimum:g}",
+            )
+            bad = bad | below
         if column.required:
             check.record(
                 missing,
@@ -505,10 +564,7 @@ def _validate(
     location: str,
     progress: Callable[[str], None] | None,
 ) -> Tables:
-    required = list(dict.fromkeys([*ALWAYS_REQUIRED, *require]))
-    for name in required:
-        if name not in TABLES:
-            raise ValueError(f"unknown table '{name}' in require; known tables: {', '.join(TABLES)}")
+    required = _required_tables(require)
     for name in raw_tables:
         if name not in TABLES:
             report.unknown_files.append(sources.get(name, name))
@@ -516,6 +572,12 @@ def _validate(
         if name not in raw_tables:
             message = f"{location}required table '{name}' not found (expected {name}.csv or {name}.parquet)"
             report.errors.append(Issue(name, None, "missing_table", 0, [], [], "fatal", message))
+            raise DataValidationError(message, report)
+    for name in required:
+        if len(raw_tables[name]) == 0:
+            # Said before any other table is checked: otherwise every child row is blamed as an orphan.
+            message = f"{sources.get(name, name)}: no data rows; '{name}' is a required table"
+            report.errors.append(Issue(name, None, "empty_table", 0, [], [], "fatal", message))
             raise DataValidationError(message, report)
 
     tables: Tables = {}
@@ -536,17 +598,23 @@ def _validate(
         report.skipped.extend(check.issues)
         n_bad = int((check.touched & ~check.cascaded).sum())
         problems = [issue for issue in check.issues if issue.action != "kept"]
+        # When a parent file has no rows, it is the cause and every orphan below is its consequence.
+        empty_parent = _empty_parent(spec, problems, report)
+        cause = (
+            f"{report.sources.get(empty_parent, empty_parent)}: no data rows, so "
+            if empty_parent is not None
+            else ""
+        )
         if strict and problems:
             first = problems[0]
-            report.errors.append(
-                Issue(**{**asdict(first), "action": "fatal", "message": f"{first.message} [strict mode]"})
-            )
-            raise DataValidationError(report.errors[-1].message, report)
+            message = f"{cause}{first.message} [strict mode]"
+            report.errors.append(Issue(**{**asdict(first), "action": "fatal", "message": message}))
+            raise DataValidationError(message, report)
         if len(raw) and n_bad / len(raw) > max_bad_fraction:
             first = problems[0]
             message = (
-                f"{source}: {n_bad:,} of {len(raw):,} rows ({n_bad / len(raw):.1%}) have problems, more than "
-                f"max_bad_fraction={max_bad_fraction:g}; first: {first.message}"
+                f"{cause}{source}: {n_bad:,} of {len(raw):,} rows ({n_bad / len(raw):.1%}) have problems, "
+                f"more than max_bad_fraction={max_bad_fraction:g}; first: {first.message}"
             )
             report.errors.append(Issue(**{**asdict(first), "action": "fatal", "message": message}))
             raise DataValidationError(message, report)
@@ -558,6 +626,25 @@ def _validate(
             raw_key = _clean_strings(raw.reset_index(drop=True)[key]) if key in raw.columns else pd.Series([])
             dropped_keys[name] = set(raw_key.dropna()) - parent_keys[name]
     return tables
+
+
+def _required_tables(require: Iterable[str]) -> list[str]:
+    required = list(dict.fromkeys([*ALWAYS_REQUIRED, *require]))
+    for name in required:
+        if name not in TABLES:
+            raise ValueError(f"unknown table '{name}' in require; known tables: {', '.join(TABLES)}")
+    return required
+
+
+def _empty_parent(spec: TableSpec, problems: list[Issue], report: ValidationReport) -> str | None:
+    """The parent table with zero rows that some of these orphan problems point to, if any."""
+    for issue in problems:
+        if issue.rule != "orphan":
+            continue
+        for ref in spec.parents:
+            if ref.column == issue.column and report.rows_in.get(ref.parent_table) == 0:
+                return ref.parent_table
+    return None
 
 
 def validate_tables(
@@ -588,11 +675,15 @@ def validate_tables(
         columns added as all-missing, then extra columns) and the validation report. Extra
         columns are kept: in ``usage`` they must be numeric (metrics; otherwise kept as text and
         reported); elsewhere text columns become float64 only when every value is a plain number
-        without leading zeros and the name does not end in ``_id``.
+        without leading zeros and the name does not end in ``_id``. A column whose name differs
+        from a contract column only in case (``Account_Id``) is read as that column, with a note.
+        Money and counts below their contract minimum (negative) are treated like unparsable
+        values: the row is skipped for a required column, the value set missing otherwise.
 
     Raises:
-        DataValidationError: missing required table or column, too many bad rows, or any
-            row problem in strict mode. ``exc.report`` holds the report so far.
+        DataValidationError: missing required table or column, a required table without rows,
+            too many bad rows, or any row problem in strict mode. ``exc.report`` holds the report
+            so far.
     """
     report = ValidationReport()
     sources = dict(source_names or {})
@@ -610,12 +701,32 @@ def validate_tables(
     return canonical, report
 
 
+def _empty_file(path: Path) -> str | None:
+    """Why a table file holds nothing at all ("0 bytes", "only blank lines"), or None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "0 bytes"
+    if path.suffix == ".csv" and size <= 4096 and not path.read_bytes().lstrip(b"\xef\xbb\xbf").strip():
+        return "only blank lines"
+    return None
+
+
 def _read_table_file(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".csv":
+            with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
+                header = handle.readline().rstrip("\r\n")
+            # Checked before parsing: rows of a ';'-separated file that hold a comma fail with a
+            # tokenizer error that says nothing about the separator.
+            separator = _separator_hint([header])
+            if separator is not None:
+                shown = header if len(header) <= 80 else header[:77] + "..."
+                raise DataValidationError(f"{path.name}: {separator} (header: {shown})")
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
         return pd.read_parquet(path).reset_index(drop=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        if isinstance(exc, DataValidationError):
+            raise
         detail = " ".join(str(exc).split())
         raise DataValidationError(f"{path.name}: cannot be read as {path.suffix[1:]}: {detail}") from exc
 
@@ -639,9 +750,13 @@ def load_tables(
     Returns:
         Canonical tables and the validation report (see `validate_tables`).
 
+    An empty file (0 bytes) of an optional table is left out with a warning in
+    ``report.skipped``; of a required table it is fatal.
+
     Raises:
         DataValidationError: the directory is missing, a table exists as both CSV and Parquet,
-            a file cannot be parsed, or any fatal problem listed in `validate_tables`.
+            a required table's file is empty, a CSV file is not comma-separated, a file cannot be
+            parsed, or any fatal problem listed in `validate_tables`.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -663,6 +778,20 @@ def load_tables(
             report.errors.append(Issue(path.stem, None, "duplicate_file", 0, [], [], "fatal", message))
             raise DataValidationError(message, report)
         found[path.stem] = path
+
+    required = _required_tables(require)
+    for name, path in list(found.items()):
+        empty = _empty_file(path)
+        if empty is None:
+            continue
+        if name in required:
+            message = f"{path.name}: empty file ({empty}); '{name}' is a required table"
+            report.errors.append(Issue(name, None, "empty_file", 0, [], [], "fatal", message))
+            raise DataValidationError(message, report)
+        # An optional table adds features; with nothing in it, leaving it out is the same and honest.
+        message = f"{path.name} is empty ({empty}); the table is left out"
+        report.skipped.append(Issue(name, None, "empty_file", 0, [], [], "dropped", message))
+        del found[name]
 
     raw_tables: dict[str, pd.DataFrame] = {}
     for name, path in found.items():

@@ -47,3 +47,27 @@ def test_enums_and_event_times() -> None:
     assert TABLES["products"].extension and not TABLES["accounts"].extension
     assert set(REQUIRED_TABLES_FOR["churn"]) == {"accounts", "subscriptions"}
     assert set(REQUIRED_TABLES_FOR["win"]) == {"accounts", "opportunities"}
+
+
+def test_money_and_counts_cannot_be_negative() -> None:
+    bounded = {
+        (name, column.name): column.minimum
+        for name, spec in TABLES.items()
+        for column in spec.columns
+        if column.minimum is not None
+    }
+    assert bounded == {
+        ("accounts", "employees"): 0.0,
+        ("accounts", "annual_revenue"): 0.0,
+        ("quotas", "amount"): 0.0,
+        ("products", "list_price"): 0.0,
+        ("opportunities", "amount"): 0.0,
+        ("opportunities", "won_amount"): 0.0,
+        ("opportunity_history", "amount"): 0.0,
+        ("activities", "duration_s"): 0.0,
+        ("subscriptions", "mrr"): 0.0,
+        ("usage", "active_users"): 0.0,
+        ("usage", "events"): 0.0,
+    }
+    # Only numbers carry a bound; scales of scores (csat, survey score) are not fixed by CONTRACT.md.
+    assert all(TABLES[name].column(column).kind == "number" for name, column in bounded)
