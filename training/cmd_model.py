@@ -251,6 +251,8 @@ def cmd_train(
     # A run opened by `mlflow run` (MLproject) lives in the project's experiment; the training run
     # goes to the model's own experiment and records the project run as a tag.
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    if data is None:
+        raise _error(f"--data DIR is required for 'train {model}' (or --table FILE for churn)")
     typer.echo(f"loading {data} ...")
     tables, report = load_dataset(data, model)
     rejected = rows_rejected(report)
@@ -306,7 +308,13 @@ def cmd_promote(model: str, force: bool, reason: str | None) -> dict[str, Any]:
             evaluate_fn = promotion_evaluate_fn()
         result = promote(model, force=force, reason=reason, evaluate_fn=evaluate_fn)
     except ModelNotFoundError as exc:
-        raise _error(str(exc)) from exc
+        message = str(exc)
+        if model == "churn-table":
+            # The registry's hint names the registered model; the table model is trained by `train churn --table`.
+            message = message.replace(
+                "revcast train churn-table", "revcast train churn --table FILE --id-col COL --label-col COL"
+            )
+        raise _error(message) from exc
     outcome = result.to_dict()
     typer.echo(
         f"{model}: challenger v{result.challenger_version} (verdict {result.verdict}) vs champion "
@@ -367,6 +375,24 @@ def _resolve(model: str, alias: str, required: bool) -> tuple[Any, dict[str, Any
         return None, None
 
 
+def check_as_of(tables: Mapping[str, pd.DataFrame], as_of: pd.Timestamp, what: str) -> None:
+    """Refuse a scoring date outside the data (one line naming --as-of; see ``check_as_of_in_span``)."""
+    from training.score import check_as_of_in_span
+    from training.train import export_timestamp
+
+    if what == "opportunities":
+        first, first_what = tables["opportunities"]["created_at"].min(), "the first deal's created_at"
+    else:
+        first, first_what = tables["subscriptions"]["start_date"].min(), "the first subscription's start_date"
+    check_as_of_in_span(
+        as_of,
+        pd.Timestamp(first),
+        export_timestamp(tables),
+        first_what=first_what,
+        last_what="the export date: the latest timestamp in the data",
+    )
+
+
 def cmd_score(
     what: str,
     out: Path,
@@ -378,13 +404,20 @@ def cmd_score(
     """`revcast score opportunities|accounts`: batch-score with registered bundles.
 
     Writes the scores to ``out`` and the entities that could not be scored (with a reason) to
-    ``<out stem>.rejected.csv``; appends the scores to the scores store.
+    ``<out stem>.rejected.csv`` -- including the records validation skipped (with the file, row,
+    column and expectation); appends the scores to the scores store.
 
     Returns:
-        ``{"scored": n, "rejected": n, "as_of": ..., "out": ...}``.
+        ``{"scored": n, "rejected": n, "skipped_by_validation": n, "as_of": ..., "out": ...}``.
     """
     from features.data import load_tables
-    from training.score import ScoresStore, score_accounts, score_opportunities
+    from training.score import (
+        ScoresStore,
+        parse_as_of,
+        score_accounts,
+        score_opportunities,
+        validation_rejects,
+    )
 
     if what not in ("opportunities", "accounts"):
         raise _error(f"unknown target {what!r}: expected 'opportunities' or 'accounts'")
@@ -399,9 +432,17 @@ def cmd_score(
         raise _error(f"--data DIR is required for 'score {what}'")
     if out.suffix.lower() not in (".csv", ".parquet", ".json"):
         raise _error(f"--out: unsupported file type {out.suffix!r} (use .csv, .parquet or .json)")
+    if not Path(data).is_dir():
+        raise _error(f"--data: {data} is not a directory")
+    when = parse_as_of(as_of) if as_of is not None and as_of.strip() else None
     store = ScoresStore()
+    required = ("accounts", "opportunities") if what == "opportunities" else ("accounts", "subscriptions")
+    typer.echo(f"loading {data} ...")
+    tables, report = load_tables(data, require=required)
+    skipped_rows = rows_rejected(report)
+    if when is not None:
+        check_as_of(tables, when, what)
     if what == "opportunities":
-        tables, _ = load_tables(data, require=("accounts", "opportunities"))
         win_bundle, win_info = _resolve("win", alias, required=True)
         amount_bundle, amount_info = _resolve("amount", alias, required=False)
         if amount_bundle is None:
@@ -409,6 +450,7 @@ def cmd_score(
                 f"note: no amount model @{alias}; expected_amount falls back to the deal's as-of amount",
                 fg=typer.colors.YELLOW,
             )
+        typer.echo(f"scoring open deals with revcast-win v{win_info['version']} ...")
         result = score_opportunities(
             tables,
             win_bundle,
@@ -417,9 +459,10 @@ def cmd_score(
             versions={"win": win_info["version"], "amount": (amount_info or {}).get("version")},
         )
         store.append_opportunity_scores(result.scores)
+        key = "opportunity_id"
     else:
-        tables, _ = load_tables(data, require=("accounts", "subscriptions"))
         churn_bundle, churn_info = _resolve("churn", alias, required=True)
+        typer.echo(f"scoring active accounts with revcast-churn v{churn_info['version']} ...")
         result = score_accounts(
             tables,
             churn_bundle,
@@ -428,23 +471,45 @@ def cmd_score(
             previous=store.previous_account_scores(),
         )
         store.append_account_scores(result.scores)
+        key = "account_id"
     _write_frame(result.scores, out)
+    # Records validation skipped are gone from the tables the pipeline saw: without this they would
+    # vanish from both files. A skipped subscription's account may still be scored via another one.
+    skipped = validation_rejects(data, tables, report, what) if skipped_rows else pd.DataFrame()
+    if not skipped.empty:
+        skipped = skipped.loc[~skipped[key].isin(result.scores[key].astype(str))]
+    rejected = (
+        pd.concat([result.rejected, skipped], ignore_index=True) if not skipped.empty else result.rejected
+    )
+    if "row" in rejected.columns:
+        rejected["row"] = rejected["row"].astype("Int64")
     rejected_path = out.with_name(out.stem + ".rejected.csv")
-    result.rejected.to_csv(rejected_path, index=False)
+    rejected.to_csv(rejected_path, index=False)
     typer.echo(
         f"scored {len(result.scores):,} {what} as of {result.as_of.isoformat()}"
         f"{' (current state included)' if result.current_state_as_of is not None else ''} -> {out}"
     )
-    if len(result.rejected):
+    if len(rejected):
         typer.secho(
-            f"{len(result.rejected):,} could not be scored (reasons in {rejected_path})",
+            f"{len(rejected):,} {what} could not be scored"
+            + (f" ({len(skipped):,} of them skipped by validation)" if len(skipped) else "")
+            + f": reasons in {rejected_path}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    if skipped_rows:
+        typer.secho(
+            f"note: validation skipped {skipped_rows:,} row{'s' if skipped_rows != 1 else ''} of {data} "
+            f"(see `revcast data validate {data}`)",
+            err=True,
             fg=typer.colors.YELLOW,
         )
     for note in result.notes:
         typer.echo(f"note: {note}")
     return {
         "scored": len(result.scores),
-        "rejected": len(result.rejected),
+        "rejected": len(rejected),
+        "skipped_by_validation": len(skipped),
         "as_of": result.as_of.isoformat(),
         "out": str(out),
     }
