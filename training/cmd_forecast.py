@@ -235,6 +235,23 @@ def _write_json(document: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(json_safe(document), indent=2))
 
 
+def validation_note(report: Any, data: Path) -> str | None:
+    """A note when validation skipped rows: the forecast's numbers leave those rows out."""
+    per_table = {
+        table: n_in - report.rows_out.get(table, 0)
+        for table, n_in in report.rows_in.items()
+        if n_in - report.rows_out.get(table, 0) > 0
+    }
+    if not per_table:
+        return None
+    shown = ", ".join(f"{n:,} of {table}" for table, n in per_table.items())
+    total = sum(per_table.values())
+    return (
+        f"validation skipped {total:,} row{'s' if total != 1 else ''} ({shown}); the figures leave them "
+        f"out (see `revcast data validate {data}`)"
+    )
+
+
 def cmd_forecast(
     data: Path,
     as_of: str | None,
@@ -248,6 +265,7 @@ def cmd_forecast(
     from features.data import load_tables
     from serving.forecast import forecast_revenue
     from training.backtest import backtest_forecast, data_span
+    from training.score import check_as_of_in_span, parse_as_of
 
     if period not in ("month", "quarter"):
         raise ValueError(f"--period: expected month or quarter, got {period!r}")
@@ -255,8 +273,19 @@ def cmd_forecast(
         raise ValueError(f"--min-history-days: expected a positive number of days, got {min_history_days}")
     if by not in (None, "rep", "team", "region"):
         raise ValueError(f"--by: expected rep, team or region, got {by!r}")
-    tables, _report = load_tables(data, require=("accounts", "opportunities"))
-    _first, export_date = data_span(tables)
+    when = parse_as_of(as_of) if as_of is not None and as_of.strip() and not backtest else None
+    _echo(f"loading {data} ...")
+    tables, report = load_tables(data, require=("accounts", "opportunities"))
+    first_date, export_date = data_span(tables)
+    if when is not None:
+        check_as_of_in_span(
+            when,
+            first_date,
+            export_date,
+            first_what="the first deal's created_at",
+            last_what="the latest deal timestamp: the export date",
+        )
+    skipped = validation_note(report, data)
 
     with tempfile.TemporaryDirectory() as tmp:
         if backtest:
@@ -264,6 +293,8 @@ def cmd_forecast(
                 tables, period=period, by=by, min_history_days=min_history_days, progress=_echo
             )
             _print_backtest(document)
+            if skipped:
+                _echo(f"note: {skipped}")
             chart = backtest_chart(document, Path(tmp) / "forecast_vs_actual.png")
             from training.tracking import metrics_for_mlflow
 
@@ -294,9 +325,8 @@ def cmd_forecast(
                 _echo(f"wrote {metrics_out}")
             return
 
-        when = pd.Timestamp(as_of) if as_of else export_date
-        if pd.isna(when):
-            raise ValueError(f"--as-of: not a date: {as_of!r}")
+        when = export_date if when is None else when
+        _echo(f"forecasting won revenue per {period} as of {when.date()} ...")
         win_probability, note = champion_win_probabilities(tables, when, export_date)
         result = None
         # Later periods need analog dates further back; with short histories show fewer periods.
@@ -317,8 +347,11 @@ def cmd_forecast(
                     raise
         assert result is not None
         _print_forecast(result, note)
+        if skipped:
+            _echo(f"note: {skipped}")
         document = result.to_dict()
         document["win_probability_source"] = note
+        document["validation_note"] = skipped
         chart = fan_chart(result, Path(tmp) / "forecast_fan_chart.png")
         current = result.totals.iloc[0]
         try:
