@@ -614,7 +614,15 @@ def infer_schema(
         refused[time_col] = "the time column (used for the out-of-time split and for date features)"
     row_time = None
     if time_col:
-        row_time = _parse_dates(normalise_missing(raw[time_col]))[keep]
+        time_text = normalise_missing(raw[time_col])
+        row_time = _parse_dates(time_text)[keep]
+        if not row_time.notna().any():
+            present = time_text[keep].dropna()
+            got = f"got e.g. {str(present.iloc[0])!r}" if len(present) else "every value is empty"
+            raise ByoTableError(
+                f"{source}: --time-col {time_col!r}: none of its {int(keep.sum())} labelled rows is a date "
+                f"(expected YYYY-MM-DD, e.g. 2024-03-31; {got}); pass a date column or leave out --time-col"
+            )
 
     columns: list[ColumnSpec] = []
     for name in raw.columns:
@@ -1147,6 +1155,8 @@ def time_split(row_time: pd.Series, fractions: Sequence[float] = (0.6, 0.2, 0.2)
     times = pd.to_datetime(row_time).to_numpy()
     ordered = np.sort(times)
     n = len(ordered)
+    if n == 0:
+        raise ByoTableError("time column: no row has a date, so there is nothing to split by date")
     cut_cal = ordered[min(n - 1, int(round(fractions[0] * n)))]
     cut_test = ordered[min(n - 1, int(round((fractions[0] + fractions[1]) * n)))]
     train = np.flatnonzero(times < cut_cal)
