@@ -133,6 +133,39 @@ def _explanations(bundle: Any, frame: pd.DataFrame, top_k: int) -> list[str]:
     return [json.dumps(factors, allow_nan=False) for factors in bundle.explain(frame, top_k=top_k)]
 
 
+def with_missing_features(frame: pd.DataFrame, bundles: list[Any]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` plus, as missing values, the features a bundle knows but the data cannot provide.
+
+    A dataset without a table the model was trained with (e.g. no usage.csv, or a usage metric the
+    export no longer has) yields no such feature columns; LightGBM sends missing values down each
+    split's learned "missing" branch, which is what the API does for records that lack them
+    (serving.service.with_model_columns). The caller reports the names.
+
+    Args:
+        frame: Feature rows.
+        bundles: Model bundles that will read ``frame``.
+
+    Returns:
+        The frame (a new one when columns were added) and the added column names, in model order.
+    """
+    missing: list[str] = []
+    for bundle in bundles:
+        missing += [
+            name for name in bundle.feature_names if name not in frame.columns and name not in missing
+        ]
+    if not missing:
+        return frame, []
+    return frame.assign(**{name: np.nan for name in missing}), missing
+
+
+def _missing_note(missing: list[str]) -> str:
+    shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+    return (
+        f"{len(missing)} feature(s) the model was trained with cannot be computed from this data and are "
+        f"scored as missing: {shown} (is a table or usage metric absent?)"
+    )
+
+
 def _rejected(ids: pd.Series, id_column: str, reason: str) -> pd.DataFrame:
     return pd.DataFrame({id_column: ids.astype(str).to_numpy(), "reason": reason})
 
@@ -440,6 +473,9 @@ def score_opportunities(
         )
     top_k = int(params["scoring"].get("top_factors", 5))
     cuts = win_bundle.state.get("grades") or params["scoring"]["grades"]
+    features, missing = with_missing_features(
+        features, [b for b in (win_bundle, amount_bundle) if b is not None]
+    )
     p_win = win_bundle.predict(features)
     if amount_bundle is not None:
         expected_amount = amount_bundle.predict(features)
@@ -466,7 +502,7 @@ def score_opportunities(
         columns=OPPORTUNITY_SCORE_COLUMNS,
     )
     no_amount = ~np.isfinite(scores["expected_amount"].to_numpy(dtype=float))
-    notes = []
+    notes = [_missing_note(missing)] if missing else []
     if no_amount.any():
         notes.append(
             f"{int(no_amount.sum())} deals have no expected amount (no amount as of T and no amount model)"
@@ -518,6 +554,7 @@ def score_accounts(
     ]
     top_k = int(params["scoring"].get("top_factors", 5))
     cuts = churn_bundle.state.get("risk_bands") or params["scoring"]["risk_bands"]
+    features, missing = with_missing_features(features, [churn_bundle])
     p_churn = churn_bundle.predict(features)
     arr = pd.to_numeric(features["arr"], errors="coerce").to_numpy(dtype=float)
     scores = pd.DataFrame(
@@ -543,7 +580,11 @@ def score_accounts(
         scores["previous_scored_at"] = None
     scores["change_since_previous"] = scores["churn_probability"] - scores["previous_churn_probability"]
     return ScoreResult(
-        scores[ACCOUNT_SCORE_COLUMNS], pd.concat(rejected, ignore_index=True), as_of_ts, current
+        scores[ACCOUNT_SCORE_COLUMNS],
+        pd.concat(rejected, ignore_index=True),
+        as_of_ts,
+        current,
+        [_missing_note(missing)] if missing else [],
     )
 
 
