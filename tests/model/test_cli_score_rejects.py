@@ -28,6 +28,7 @@ class _StubBundle:
     """Scores every row 0.3 with no explanation: enough for the scoring bookkeeping."""
 
     state: dict[str, Any] = {}
+    feature_names: list[str] = []  # reads no feature: whatever the data provides is enough
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         return np.full(len(frame), 0.3)
