@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -454,9 +455,29 @@ api = FastAPI(
         "`Authorization: Bearer <REVCAST_API_TOKEN>`. Health: `/livez`, `/readyz`; metrics: `/metrics`."
     ),
     openapi_url="/openapi.json",
-    docs_url="/docs",
+    docs_url=None,  # served below with BentoML's bundled Swagger UI files instead of a CDN's
     redoc_url=None,
 )
+
+# BentoML mounts its Swagger UI files at /static_content on the service root (bentoml
+# _internal/server/http_app.py); FastAPI's default page loads them from cdn.jsdelivr.net, which a
+# service inside a company network often cannot reach, leaving the API docs blank.
+SWAGGER_ASSETS = "/static_content"
+
+
+@api.get("/docs", include_in_schema=False)
+async def api_docs(request: Request) -> HTMLResponse:
+    """The OpenAPI page (Swagger UI), with its script and style from this service."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{api.openapi_url}",
+        title=f"{api.title} - docs",
+        swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER_ASSETS}/favicon-light-32x32.png",
+    )
+
+
 _bearer = HTTPBearer(auto_error=False, description="The service's REVCAST_API_TOKEN.")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -412,7 +412,14 @@ def test_openapi_page_documents_the_api(client) -> None:
     assert {"/opportunities/score", "/accounts/churn", "/forecast", "/admin/reload"} <= set(spec["paths"])
     schemas = spec["components"]["schemas"]
     assert "OpportunityScoreRequest" in schemas and "OpportunityIn" in schemas
-    assert client.get("/v1/docs").status_code == 200
+    docs = client.get("/v1/docs")
+    assert docs.status_code == 200
+    # Works without internet access: every script and style comes from the service itself.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and not [url for url in assets if "://" in url or url.startswith("//")], assets
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+    assert "'/v1/openapi.json'" in docs.text or '"/v1/openapi.json"' in docs.text
 
 
 def test_one_structured_log_line_per_request_without_pii(client, service) -> None:
