@@ -81,6 +81,9 @@ class TableSpec:
         parents: References to parent tables, checked when the parent table is present.
         extension: True for tables that are not part of CONTRACT.md but that importers may write.
         numeric_extras: True when unknown extra columns are metrics to be kept numeric (usage).
+        ordered: ``(earlier, later)`` column pairs of one row: a ``later`` on a day before its
+            ``earlier`` (a deal closed before it was created) is a row problem. Days, not instants:
+            CRMs export close dates as dates and creation times as timestamps.
         description: What the table holds.
     """
 
@@ -92,6 +95,7 @@ class TableSpec:
     parents: tuple[ParentRef, ...] = ()
     extension: bool = False
     numeric_extras: bool = False
+    ordered: tuple[tuple[str, str], ...] = ()
     description: str = ""
     _by_name: dict[str, ColumnSpec] = field(init=False, repr=False, compare=False)
 
@@ -169,6 +173,7 @@ TABLES: dict[str, TableSpec] = {
             description="Quota per rep and period.",
             entity="rep",
             primary_key=("rep_id", "period_start"),
+            ordered=(("period_start", "period_end"),),
             event_time="period_start",
             columns=(
                 _req("rep_id", "id"),
@@ -195,6 +200,7 @@ TABLES: dict[str, TableSpec] = {
             description="Deals; stage/amount/expected_close_date/closed_at/outcome/won_amount are current state.",
             entity="opportunity",
             primary_key=("opportunity_id",),
+            ordered=(("created_at", "closed_at"),),
             event_time="created_at",
             parents=(ParentRef("account_id", "accounts", "account_id", on_orphan="drop"),),
             columns=(
@@ -254,6 +260,7 @@ TABLES: dict[str, TableSpec] = {
             description="One row per billing period or per contract; empty end_date = active.",
             entity="account",
             primary_key=("subscription_id",),
+            ordered=(("start_date", "end_date"),),
             event_time="start_date",
             parents=(ParentRef("account_id", "accounts", "account_id", on_orphan="drop"),),
             columns=(
@@ -286,6 +293,7 @@ TABLES: dict[str, TableSpec] = {
             description="Support tickets.",
             entity="account",
             primary_key=("ticket_id",),
+            ordered=(("opened_at", "resolved_at"),),
             event_time="opened_at",
             parents=(ParentRef("account_id", "accounts", "account_id", on_orphan="drop"),),
             columns=(

@@ -495,6 +495,21 @@ def _validate_one(
             canonical[name] = values
     table = pd.DataFrame(canonical)
 
+    # Times of one row that contradict each other (closed before created, resolved before opened):
+    # compared by day, since CRMs export close dates as dates and creation times as timestamps.
+    for earlier, later in spec.ordered:
+        if earlier not in raw.columns or later not in raw.columns:
+            continue
+        before = (table[later].dt.floor("D") < table[earlier].dt.floor("D")).to_numpy(dtype=bool)
+        check.record(
+            before & ~check.drop,
+            raw[later],
+            column=later,
+            rule="out_of_order",
+            action="dropped",
+            expected=f"a date on or after the row's {earlier}",
+        )
+
     # Duplicate keys: among rows that survived the value checks, keep the first occurrence.
     if spec.primary_key:
         alive = ~check.drop

@@ -216,3 +216,46 @@ def test_separator_hint_for_in_memory_tables(raw: dict[str, pd.DataFrame]) -> No
     assert str(excinfo.value).startswith(
         "accounts.csv: looks ';'-separated; CSV files must be comma-separated; missing required columns"
     )
+
+
+# --------------------------------------------------------------------------- times that contradict each other
+
+
+def test_a_deal_closed_before_it_was_created_is_skipped_and_reported(raw: dict[str, pd.DataFrame]) -> None:
+    deals = raw["opportunities"]
+    deals["closed_at"] = ""
+    deals.loc[0, "created_at"] = "2025-01-01T15:30:00"
+    deals.loc[0, "closed_at"] = "2025-01-01"  # a close date on the creation day: fine (days, not instants)
+    deals.loc[5, "closed_at"] = "2024-12-31"  # created 2025-01-06: closed before it existed
+    raw["opportunity_history"] = raw["opportunity_history"][
+        raw["opportunity_history"]["opportunity_id"] != "o-5"
+    ]
+    tables, report = validate_tables(raw, source_names={"opportunities": "opportunities.csv"})
+    kept = set(tables["opportunities"]["opportunity_id"])
+    assert "o-0" in kept and "o-5" not in kept and len(kept) == 39
+    issue = next(i for i in report.skipped if i.rule == "out_of_order")
+    assert (issue.table, issue.column, issue.rows, issue.action) == (
+        "opportunities",
+        "closed_at",
+        [6],
+        "dropped",
+    )
+    assert issue.message == (
+        "opportunities.csv: column 'closed_at', row 6: expected a date on or after the row's created_at, "
+        "got '2024-12-31' (1 row skipped)"
+    )
+
+
+def test_a_ticket_resolved_before_it_was_opened_is_skipped(raw: dict[str, pd.DataFrame]) -> None:
+    raw["tickets"] = pd.DataFrame(
+        {
+            "ticket_id": [f"t-{i}" for i in range(30)],
+            "account_id": ["a-1"] * 30,
+            "opened_at": ["2025-03-10"] * 30,
+            "resolved_at": ["2025-03-12"] * 28 + ["", "2025-03-01"],
+        }
+    )
+    tables, report = validate_tables(raw)
+    assert len(tables["tickets"]) == 29 and "t-29" not in set(tables["tickets"]["ticket_id"])
+    issue = next(i for i in report.skipped if i.rule == "out_of_order")
+    assert (issue.column, issue.count, issue.values) == ("resolved_at", 1, ["2025-03-01"])
