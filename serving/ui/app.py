@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +45,8 @@ from serving.ui.store import (
     default_actions_url,
     default_scores_url,
 )
+
+logger = logging.getLogger("revcast.ui")
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
@@ -88,10 +91,30 @@ def service_sources() -> UiSources:
             "no dataset is configured (set REVCAST_DATA_DIR): names, owners, regions, MRR and the "
             "forecast are unavailable"
             if config.data_dir is None
-            else getattr(service, "_forecast_error", None) or "the dataset is still loading; reload shortly"
+            else _public_load_error(getattr(service, "_forecast_error", None))
+            or "the dataset is still loading; reload shortly"
         )
     scores_url = default_scores_url()
     return UiSources(config.api_token, tables, note, scores_url, default_actions_url(scores_url))
+
+
+_LOGGED_LOAD_ERRORS: set[str] = set()
+
+
+def _public_load_error(detail: str | None) -> str | None:
+    """What the page says when the dataset failed to load: no server paths or file contents (they stay
+    in the server log, written once per distinct error)."""
+    if not detail:
+        return None
+    if detail not in _LOGGED_LOAD_ERRORS:
+        _LOGGED_LOAD_ERRORS.add(detail)
+        logger.error("the web page's dataset (REVCAST_DATA_DIR) failed to load: %s", detail)
+    kind = detail.split(":", 1)[0].strip()
+    reason = "it failed validation" if kind == "DataValidationError" else "it could not be read"
+    return (
+        f"The dataset (REVCAST_DATA_DIR) could not be loaded: {reason}. Names, owners, regions, MRR and "
+        "the forecast are unavailable; the server log names the file and the problem."
+    )
 
 
 class _Cache:
@@ -193,10 +216,16 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
     def base_of(request: Request) -> str:
         return request.scope.get("root_path", "").rstrip("/")
 
+    def site_root(request: Request) -> str:
+        """The service's root (the page is mounted at ``<root>/ui``): BentoML's own static files live there."""
+        base = base_of(request)
+        return base[: -len("/ui")] if base.endswith("/ui") else ""
+
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(template).render(
             base=base_of(request),
             static=f"{base_of(request)}/static",
+            site_root=site_root(request),
             request_path=request.url.path,
             **context,
         )
@@ -299,19 +328,50 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
 
     # ------------------------------------------------------------------ accounts
 
-    def account_rows(src: UiSources) -> tuple[pd.DataFrame, pd.Series | None]:
+    def account_rows(src: UiSources) -> tuple[pd.DataFrame, pd.Series | None, str | None]:
+        """The at-risk table of the latest run, the run, and the churn model version(s) it used."""
         reader = cache.reader(src.scores_url)
         runs = reader.runs(ACCOUNT_SCORES)
         latest = views.latest_run(runs)
         if latest is None:
-            return pd.DataFrame(columns=views.AT_RISK_COLUMNS), None
+            return pd.DataFrame(columns=views.AT_RISK_COLUMNS), None, None
         rows = reader.run_rows(ACCOUNT_SCORES, latest["scored_at"])
         previous = reader.account_rows_before(latest["as_of"], latest["scored_at"])
         actions = cache.actions(src.actions_url).actions()
-        return views.at_risk_table(rows, previous, src.tables, actions), latest
+        table = views.at_risk_table(rows, previous, src.tables, actions)
+        return table, latest, views.model_versions(rows, "model_version")
 
-    def filters_of(request: Request) -> dict[str, str]:
-        return {key: request.query_params.get(key, "").strip() for key in ("owner", "region", "band")}
+    def filters_of(request: Request, frame: pd.DataFrame) -> dict[str, str]:
+        """The filters asked for, normalised to the values shown in the menus.
+
+        Raises:
+            ValueError: A filter names a value no account has (the message names it and the choices).
+        """
+        asked = {key: request.query_params.get(key, "").strip() for key in ("owner", "region", "band")}
+        allowed = {
+            "owner": views.choices(frame, "owner_id"),
+            "region": views.choices(frame, "region"),
+            "band": list(views.BANDS),
+        }
+        return {key: views.normalise_filter(key, value, allowed[key]) for key, value in asked.items()}
+
+    def data_end(src: UiSources, run: pd.Series | None) -> Any:
+        """The data's latest timestamp: the loaded export's, else the scores' as_of."""
+        if src.tables is not None:
+            from features.labels import data_export_date
+
+            return data_export_date(dict(src.tables))
+        return None if run is None else run["as_of"]
+
+    def bad_filter(request: Request, message: str) -> Response:
+        return page(
+            request,
+            "message.html",
+            status=422,
+            nav="accounts",
+            title="Invalid filter",
+            message=f"{message}. Leave a filter empty for all.",
+        )
 
     def apply_filters(frame: pd.DataFrame, filters: Mapping[str, str]) -> pd.DataFrame:
         return views.filter_rows(
@@ -320,8 +380,11 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
 
     @protected
     async def accounts(request: Request, src: UiSources) -> Response:
-        frame, run = await run_in_threadpool(account_rows, src)
-        filters = filters_of(request)
+        frame, run, churn_version = await run_in_threadpool(account_rows, src)
+        try:
+            filters = filters_of(request, frame)
+        except ValueError as exc:
+            return bad_filter(request, str(exc))
         shown = apply_filters(frame, filters)
         query = urlencode({k: v for k, v in filters.items() if v})
         return page(
@@ -340,12 +403,18 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
             csv_url=f"{base_of(request)}/accounts.csv" + (f"?{query}" if query else ""),
             tables_note=src.tables_note,
             page_rows=PAGE_ROWS,
+            churn_version=churn_version,
+            stale=views.staleness_notice(data_end(src, run), pd.Timestamp.now(tz="UTC")),
         )
 
     @protected
     async def accounts_csv(request: Request, src: UiSources) -> Response:
-        frame, _ = await run_in_threadpool(account_rows, src)
-        shown = apply_filters(frame, filters_of(request)).copy()
+        frame, _, _ = await run_in_threadpool(account_rows, src)
+        try:
+            filters = filters_of(request, frame)
+        except ValueError as exc:
+            return Response(str(exc) + "\n", status_code=422, media_type="text/plain; charset=utf-8")
+        shown = apply_filters(frame, filters).copy()
         shown["drivers"] = ["; ".join(d["text"] for d in drivers) for drivers in shown["drivers"]]
         return _csv_response(shown, "at-risk-accounts.csv")
 
@@ -492,6 +561,10 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
                 forecast_error = str(exc).splitlines()[0]
         return {
             "run": latest,
+            "win_version": views.model_versions(deals, "model_version"),
+            "stale": views.staleness_notice(
+                forecast["data_through"] if forecast else data_end(src, latest), pd.Timestamp.now(tz="UTC")
+            ),
             "earlier": earlier,
             "grades": views.grade_summary(deals).to_dict("records") if not deals.empty else [],
             "deals": deals.sort_values("expected_revenue", ascending=False).head(50).to_dict("records")
@@ -508,13 +581,18 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
         with cache.lock:
             if key in cache.forecasts:
                 return cache.forecasts[key]
-        from features.labels import data_export_date
-        from serving.forecast import forecast_revenue
+        from serving.forecast import FORECAST_METHOD, forecast_data_range, forecast_revenue
 
-        as_of = data_export_date(dict(tables))
-        # Same call as GET /v1/forecast, so the page and the API show the same numbers.
+        first, as_of = forecast_data_range(dict(tables))
+        # Same call (and the same model fields) as GET /v1/forecast, so the page and the API agree.
         result = forecast_revenue(dict(tables), as_of, period=period, by=by, current_state_as_of=as_of)  # type: ignore[arg-type]
-        doc = result.to_dict()
+        doc = {
+            "model": "forecast",
+            "model_version": f"{FORECAST_METHOD}@{as_of.isoformat()}",
+            "data_from": first.isoformat(),
+            "data_through": as_of.isoformat(),
+            **result.to_dict(),
+        }
         rows = [
             {
                 "group": g["group"],
@@ -530,6 +608,9 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
         ]
         doc["rows"] = rows
         doc["period_label"] = doc["groups"][0]["period"] if doc["groups"] else ""
+        doc["period_start"] = doc["groups"][0].get("period_start") if doc["groups"] else None
+        doc["period_end"] = doc["groups"][0].get("period_end") if doc["groups"] else None
+        doc["actuals_note"] = views.period_nearly_over(doc["period_end"], doc["as_of"])
         doc["chart"] = (
             range_bars(
                 rows, title=f"P50 won revenue with P10-P90 range and quota by {by}, {doc['period_label']}"

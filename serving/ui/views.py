@@ -82,17 +82,64 @@ def plain_feature_name(feature: str) -> str:
     return " ".join(words)
 
 
-def _plain_value(value: Any) -> str:
+#: Words of a feature name that say what kind of number its value is (checked in this order).
+_DAY_WORDS = frozenset({"days", "day"})
+_SHARE_WORDS = frozenset({"rate", "share", "rel", "pct", "percent"})
+_MONEY_WORDS = frozenset({"mrr", "arr", "amount", "revenue"})
+_COUNT_WORDS = frozenset({"revisions", "count", "deals", "opps", "changes", "slips", "regressions"})
+
+
+def _significant(number: float, digits: int = 3) -> str:
+    """``number`` to ``digits`` significant digits, never in exponent notation (12345.6 -> 12,346)."""
+    if number == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(number)))
+    if magnitude >= digits - 1:
+        return f"{round(number):,}"
+    decimals = digits - 1 - magnitude
+    return f"{number:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _value_kind(feature: str) -> str:
+    """``days``, ``share``, ``money`` or ``number``, from the words of a raw or display feature name."""
+    words = set(re.split(r"[\s_]+", feature.lower()))
+    if "per" in words or words & _COUNT_WORDS:  # "activities per week", "amount revisions": not days/money
+        return "number"
+    if words & _DAY_WORDS:
+        return "days"
+    if words & _SHARE_WORDS:
+        return "share"
+    if words & _MONEY_WORDS:
+        return "money"
+    return "number"
+
+
+def _plain_value(value: Any, feature: str = "") -> str:
+    """A driver's value as a person reads it: whole days, rates as %, money with separators."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "missing"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int | float):
-        number = float(value)
-        if number.is_integer() and abs(number) < 1e9:
-            return f"{int(number):,}"
-        return f"{number:,.2f}" if abs(number) >= 1 else f"{number:.3g}"
-    return str(value)
+    if not isinstance(value, int | float):
+        return str(value)
+    number = float(value)
+    kind = _value_kind(feature)
+    if kind == "days":
+        # Day counts are computed from timestamps, so 25 minutes reads 0.0175 days: people count days.
+        if 0 <= number < 1:
+            return "less than a day"
+        if -1 < number < 0:
+            return "less than a day ago"
+        days = round(abs(number))
+        text = f"{days:,} day{'s' if days != 1 else ''}"
+        return f"{text} ago" if number < 0 else text
+    if kind == "share":
+        return f"{_significant(number * 100, 2 if abs(number) < 0.1 else 3)}%"
+    if kind == "money":
+        return f"{number:,.0f}" if abs(number) >= 10 else f"{number:,.2f}"
+    if number.is_integer() and abs(number) < 1e15:
+        return f"{int(number):,}"
+    return _significant(number)
 
 
 def plain_drivers(top_factors: str | Sequence[Mapping[str, Any]] | None, raises: str) -> list[dict[str, Any]]:
@@ -113,10 +160,14 @@ def plain_drivers(top_factors: str | Sequence[Mapping[str, Any]] | None, raises:
     out = []
     for factor in factors:
         contribution = float(factor.get("contribution") or 0.0)
+        feature = str(factor.get("feature"))
         effect = raises if contribution > 0 else opposite
+        name, value = plain_feature_name(feature), _plain_value(factor.get("value"), feature)
+        if value.endswith(("day", "days", "days ago")) and name.endswith(" days"):
+            name = name[: -len(" days")]  # "tenure days is 986 days" says days twice
         out.append(
             {
-                "text": f"{plain_feature_name(str(factor.get('feature')))} is {_plain_value(factor.get('value'))}: {effect}",
+                "text": f"{name} is {value}: {effect}",
                 "direction": "up" if contribution > 0 else "down",
                 "contribution": contribution,
             }
@@ -190,8 +241,10 @@ def at_risk_table(
     frame["drivers"] = [plain_drivers(f, "raises risk")[:n_drivers] for f in frame["top_factors"]]
     if not actions.empty:
         newest = actions.drop_duplicates("account_id", keep="first").set_index("account_id")
-        frame["last_action"] = frame["account_id"].map(newest["action"])
-        frame["last_action_at"] = frame["account_id"].map(newest["at"])
+        # Accounts without an action map to NaN, which templates and CSVs would show as a value.
+        for column, source in (("last_action", "action"), ("last_action_at", "at")):
+            mapped = frame["account_id"].map(newest[source]).astype(object)
+            frame[column] = mapped.where(mapped.notna(), None)
     else:
         frame["last_action"] = None
         frame["last_action_at"] = None
@@ -306,3 +359,93 @@ def with_team(deals: pd.DataFrame, tables: Mapping[str, pd.DataFrame] | None) ->
     else:
         frame["team"] = None
     return frame
+
+
+# --------------------------------------------------------------------------- what the numbers are
+
+
+#: Data older than this (days before today) gets a visible "data as of" notice.
+STALE_AFTER_DAYS = 7
+
+
+def staleness_notice(data_end: Any, today: pd.Timestamp, max_days: int = STALE_AFTER_DAYS) -> str | None:
+    """``"data as of 2026-10-31 (36 days old)"`` when the data ends more than ``max_days`` before today.
+
+    Args:
+        data_end: The data's latest timestamp (anything ``pd.Timestamp`` reads; None: no notice).
+        today: The current date (UTC).
+        max_days: Age in whole days above which the notice is shown.
+
+    Returns:
+        The notice, or None when the data is recent or its end is unknown.
+    """
+    if data_end is None or (isinstance(data_end, float) and math.isnan(data_end)):
+        return None
+    end = pd.Timestamp(data_end)
+    end = end.tz_convert(None) if end.tzinfo is not None else end
+    now = today.tz_convert(None) if today.tzinfo is not None else today
+    age = (now.normalize() - end.normalize()).days
+    if age <= max_days:
+        return None
+    return f"data as of {end.date().isoformat()} ({age} days old)"
+
+
+def period_nearly_over(period_end: Any, as_of: Any) -> str | None:
+    """A note when the forecast period ends within a day of ``as_of``: its P10-P90 are (nearly) actuals.
+
+    Args:
+        period_end: Last day of the period (ISO date, inclusive).
+        as_of: The forecast date.
+
+    Returns:
+        The note, or None while more than a day of the period remains.
+    """
+    if not period_end or not as_of:
+        return None
+    end = pd.Timestamp(period_end).normalize() + pd.Timedelta(days=1)
+    when = pd.Timestamp(as_of)
+    left = end - when
+    if left > pd.Timedelta(days=1):
+        return None
+    if left <= pd.Timedelta(0):
+        return (
+            f"This period ended before the forecast date ({when.date().isoformat()}): the figures are "
+            "actuals (won revenue), not a forecast."
+        )
+    hours = left.total_seconds() / 3600
+    remaining = f"{hours:.0f} hours" if hours >= 1 else f"{max(1, round(hours * 60))} minutes"
+    return (
+        f"Only {remaining} of this period remained at the forecast date ({when.isoformat(sep=' ')}): "
+        "P10, P50 and P90 are (nearly) actuals, the revenue already won, not a forecast."
+    )
+
+
+def model_versions(rows: pd.DataFrame, column: str) -> str | None:
+    """The distinct model versions of a scoring run's rows (``"3"``, or ``"3, 4"``), None if unrecorded."""
+    if rows.empty or column not in rows.columns:
+        return None
+    versions = sorted({str(v) for v in rows[column].dropna()})
+    return ", ".join(versions) or None
+
+
+def normalise_filter(name: str, wanted: str, allowed: Sequence[str]) -> str:
+    """The allowed value ``wanted`` means: itself, or its only case-insensitive match (``HIGH`` -> ``high``).
+
+    Args:
+        name: The filter's name, for the error.
+        wanted: The requested value ("" = no filter).
+        allowed: The values the filter accepts.
+
+    Returns:
+        The allowed value ("" when ``wanted`` is empty).
+
+    Raises:
+        ValueError: No (or no single) allowed value matches; the message names the filter and the values.
+    """
+    if not wanted or wanted in allowed:
+        return wanted
+    folded = [value for value in allowed if value.casefold() == wanted.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    shown = ", ".join(allowed[:40]) + (f", … ({len(allowed)} in all)" if len(allowed) > 40 else "")
+    raise ValueError(f"{name}: no such value {wanted!r}; expected one of {shown or '(none yet)'}")

@@ -4,7 +4,9 @@ through Starlette's in-process client."""
 
 from __future__ import annotations
 
+import html as html_lib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -304,3 +306,136 @@ def test_every_path_without_a_session_goes_to_sign_in(app_client) -> None:
         assert response.status_code == 303 and response.headers["location"].startswith("/signin?next=")
         assert "a2" not in response.text
     assert app_client.get("/static/ui.css").status_code == 200  # assets carry no data
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_accounts_without_an_action_have_no_last_action_in_the_table_page_and_csv(app_client) -> None:
+    """One recorded action used to give every other account a "nan" last action (NaN from ``map``)."""
+    table = views.at_risk_table(
+        pd.DataFrame(
+            {
+                "account_id": ["a1", "a2"],
+                "as_of": "2025-12-01T00:00:00",
+                "churn_probability": [0.3, 0.6],
+                "risk_band": ["medium", "high"],
+                "revenue_at_risk": [900.0, 300.0],
+                "top_factors": "[]",
+            }
+        ),
+        pd.DataFrame(),
+        None,
+        pd.DataFrame({"account_id": ["a2"], "action": ["saved"], "at": ["2026-01-02T00:00:00"]}),
+    )
+    assert table["last_action"].tolist() == [None, "saved"]
+    assert table["last_action_at"].tolist() == [None, "2026-01-02T00:00:00"]
+    app_client.post("/signin", data={"token": "tok"})
+    assert app_client.post("/accounts/a2/actions", data={"action": "saved"}).status_code == 200
+    html = app_client.get("/accounts").text
+    assert html.count('class="action-tag"') == 1 and "nan" not in html.lower()
+    rows = {line.split(",")[0]: line for line in app_client.get("/accounts.csv").text.splitlines()[1:]}
+    assert ",saved," in rows["a2"]
+    assert "nan" not in rows["'=HYPERLINK(1)"].lower()
+    assert rows["'=HYPERLINK(1)"].split(",")[-3:-1] == ["", ""]  # last_action, last_action_at
+
+
+@pytest.mark.parametrize(
+    ("feature", "value", "shown"),
+    [
+        ("account days to renewal", 0.0175, "less than a day"),  # 25 minutes before a midnight renewal
+        ("acct_days_to_renewal", 12.4, "12 days"),
+        ("acct_days_since_touch", 1.2, "1 day"),
+        ("opp_days_to_expected_close", -3.4, "3 days ago"),
+        ("acct_ticket_fcr_rate", 0.4567, "45.7%"),
+        ("acct_auto_renew_share", 0.0123, "1.2%"),
+        ("opp_amount_change_rel", -0.25, "-25%"),
+        ("acct_mrr", 12345.67, "12,346"),
+        ("acct_open_renewal_amount", 1234567, "1,234,567"),
+        ("acct_usage_events_trend_90d", -0.351234, "-0.351"),
+        ("acct_ticket_resolution_hours_mean", 12345.6, "12,346"),
+        ("opp_activities_per_week_log", 1.23456, "1.23"),
+        ("opp_amount_revisions", 3, "3"),
+        ("acct_nps_latest", 9, "9"),
+    ],
+)
+def test_driver_values_read_as_days_percent_money_or_a_few_digits(
+    feature: str, value: float, shown: str
+) -> None:
+    for raises, contribution, effect in (
+        ("raises risk", 0.2, "raises risk"),
+        ("raises risk", -0.1, "lowers risk"),
+    ):
+        (driver,) = views.plain_drivers(
+            [{"feature": feature, "value": value, "contribution": contribution}], raises
+        )
+        assert driver["text"] == f"{views.plain_feature_name(feature)} is {shown}: {effect}"
+
+
+def test_a_day_count_named_days_says_days_once() -> None:
+    factors = [{"feature": "acct_subscription_tenure_days", "value": 986.4, "contribution": 0.3}]
+    assert (
+        views.plain_drivers(factors, "raises risk")[0]["text"]
+        == "subscription tenure is 986 days: raises risk"
+    )
+
+
+def test_staleness_notice_and_nearly_over_periods() -> None:
+    today = pd.Timestamp("2026-12-06T10:00", tz="UTC")
+    assert views.staleness_notice("2026-10-31T23:34:45", today) == "data as of 2026-10-31 (36 days old)"
+    assert views.staleness_notice("2026-11-29T08:00:00", today) is None  # 7 days: still recent
+    assert views.staleness_notice("2026-11-28T08:00:00", today) == "data as of 2026-11-28 (8 days old)"
+    assert views.staleness_notice(None, today) is None
+    # Month view as of Oct 31 23:34: 25 minutes of October were left, so P10=P50=P90 are actuals.
+    note = views.period_nearly_over("2026-10-31", "2026-10-31T23:34:45")
+    assert note is not None and "25 minutes" in note and "actuals" in note
+    assert "actuals" in (views.period_nearly_over("2026-09-30", "2026-10-31T23:34:45") or "")
+    assert views.period_nearly_over("2026-12-31", "2026-10-31T23:34:45") is None  # quarter: 2 months left
+    assert views.period_nearly_over("2026-11-30", "2026-11-29T00:00:00") is None  # two days left
+
+
+def test_accounts_page_states_the_model_version_and_how_old_the_scores_are(app_client) -> None:
+    app_client.post("/signin", data={"token": "tok"})
+    html = app_client.get("/accounts").text
+    assert re.search(r"churn model version\s*<strong>3</strong>", html)
+    assert 'id="stale-notice"' in html and "data as of 2025-12-01 (" in html  # scores as_of, no dataset
+    assert '<link rel="icon" type="image/png" href="/static_content/favicon-light-32x32.png">' in html
+
+
+@pytest.mark.parametrize(("query", "shown"), [("band=HIGH", "=HYPERLINK(1)"), ("band=Low", ">a2<")])
+def test_band_filter_ignores_case(app_client, query: str, shown: str) -> None:
+    app_client.post("/signin", data={"token": "tok"})
+    response = app_client.get(f"/accounts?{query}")
+    assert response.status_code == 200 and "1 of 2 accounts" in response.text and shown in response.text
+    assert "selected>" in response.text.split('id="f-band"')[1].split("</select>")[0]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("band=bogus", "band: no such value 'bogus'; expected one of high, medium, low"),
+        ("owner=nobody", "owner: no such value 'nobody'"),
+        ("region=mars", "region: no such value 'mars'"),
+    ],
+)
+def test_unknown_filter_values_are_a_422_naming_the_filter_and_choices(
+    app_client, query: str, named: str
+) -> None:
+    app_client.post("/signin", data={"token": "tok"})
+    page = app_client.get(f"/accounts?{query}")
+    assert page.status_code == 422 and named in html_lib.unescape(page.text) and "0 of 2" not in page.text
+    csv_answer = app_client.get(f"/accounts.csv?{query}")
+    assert csv_answer.status_code == 422 and named in csv_answer.text
+
+
+def test_a_dataset_load_error_is_shown_without_the_server_path_and_logged(caplog) -> None:
+    from serving.ui.app import _public_load_error
+
+    detail = "DataValidationError: /srv/secret/data/accounts.csv: column 'mrr' row 3: not a number"
+    with caplog.at_level("ERROR", logger="revcast.ui"):
+        shown = _public_load_error(detail)
+    assert shown is not None and "/srv" not in shown and "accounts.csv" not in shown
+    assert "failed validation" in shown and "server log" in shown
+    assert detail in caplog.text
+    assert "/tmp" not in (_public_load_error("OSError: [Errno 2] No such file: '/tmp/x'") or "")
+    assert _public_load_error(None) is None
