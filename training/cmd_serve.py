@@ -94,6 +94,10 @@ def cmd_serve(host: str, port: int) -> None:
     # The service and the CLI must look at the same registry: pin the URI the CLI would use.
     env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The server runs from the repository (see the exec below): a relative dataset path means the
+    # caller's directory, so it is made absolute here.
+    if env.get("REVCAST_DATA_DIR"):
+        env["REVCAST_DATA_DIR"] = str(Path(env["REVCAST_DATA_DIR"]).expanduser().resolve())
     # One OpenMP thread per LightGBM call (why: serving/service.py, RevcastService.__init__).
     env.setdefault("OMP_NUM_THREADS", "1")
     config = config_from_env(env)

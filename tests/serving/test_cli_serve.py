@@ -37,11 +37,16 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_serve_warns_about_missing_champions_and_stops_on_sigterm(tmp_path: Path) -> None:
+    from features.generate import generate_crm
+
+    # A dataset named relative to the operator's directory (the server itself runs from the repo).
+    generate_crm(out_dir=tmp_path / "crm", n_accounts=40, seed=3, scale=1.0, fmt="csv")
     port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'empty-registry.db'}",
         "REVCAST_API_TOKEN": "test-token",
+        "REVCAST_DATA_DIR": "crm",
         "BENTOML_DO_NOT_TRACK": "True",
     }
     log = tmp_path / "serve.log"
@@ -50,6 +55,7 @@ def test_serve_warns_about_missing_champions_and_stops_on_sigterm(tmp_path: Path
         process = subprocess.Popen(
             [str(BIN / "revcast"), "serve", "--port", str(port)],
             env=env,
+            cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -63,6 +69,17 @@ def test_serve_warns_about_missing_champions_and_stops_on_sigterm(tmp_path: Path
             assert f"warning: revcast-{model} has no 'champion' version (nothing registered)" in text
             assert f"revcast promote {model}" in text
         assert "revcast-amount has no" not in text  # not required for readiness: no warning
+        deadline = time.monotonic() + 90
+        while True:  # the dataset loads in the background after start-up
+            forecast = httpx.get(
+                f"http://127.0.0.1:{port}/v1/forecast",
+                headers={"Authorization": "Bearer test-token"},
+                timeout=60.0,
+            )
+            if "still loading" not in forecast.text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert forecast.status_code == 200, forecast.text  # the relative REVCAST_DATA_DIR was found
 
         spawned = _descendants(process.pid)
         process.send_signal(signal.SIGTERM)
