@@ -33,7 +33,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving.ui import views
-from serving.ui.auth import SESSION_COOKIE, SESSION_MAX_AGE_S, session_is_valid, session_value, token_matches
+from serving.ui.auth import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
+    SignInThrottle,
+    session_is_valid,
+    session_value,
+    token_matches,
+)
 from serving.ui.charts import line_chart, range_bars
 from serving.ui.store import (
     ACCOUNT_SCORES,
@@ -198,17 +205,21 @@ def _csv_response(frame: pd.DataFrame, filename: str) -> Response:
 # --------------------------------------------------------------------------- the app
 
 
-def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
+def create_ui_app(
+    sources: SourcesProvider | None = None, throttle: SignInThrottle | None = None
+) -> Starlette:
     """Build the web page's ASGI app.
 
     Args:
         sources: Resolves the token, tables and store URLs per request (default: the BentoML
             service's, :func:`service_sources`).
+        throttle: Limits failed sign-ins per client address (default: 5 a minute, then a minute's wait).
 
     Returns:
         A Starlette app to mount under ``/ui``.
     """
     provider = sources or service_sources
+    throttle = throttle or SignInThrottle()
     cache = _Cache()
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(default=True))
     env.filters.update(pct=_pct, money=_money, points=_points, text=_text, date=_date)
@@ -296,7 +307,21 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
             return HTMLResponse("cross-site form submission refused", status_code=403)
         form = await request.form()
         target = safe_next(request, str(form.get("next") or ""))
+        address = request.client.host if request.client else "unknown"
+        wait_s = throttle.retry_after(address)
+        if wait_s > 0:
+            response = page(
+                request,
+                "signin.html",
+                status=429,
+                next=target,
+                error=f"Too many failed sign-ins from this address; try again in {math.ceil(wait_s)} s.",
+                configured=bool(src.api_token),
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait_s))
+            return response
         if not token_matches(str(form.get("token") or ""), src.api_token):
+            throttle.failed(address)
             return page(
                 request,
                 "signin.html",
@@ -305,6 +330,7 @@ def create_ui_app(sources: SourcesProvider | None = None) -> Starlette:
                 error="That token is not the service's API token (REVCAST_API_TOKEN).",
                 configured=bool(src.api_token),
             )
+        throttle.succeeded(address)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,

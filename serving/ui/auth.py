@@ -60,3 +60,63 @@ def token_matches(given: str | None, token: str | None) -> bool:
     if not given or not token:
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+class SignInThrottle:
+    """Failed sign-ins per client address: after ``max_failures`` within ``window_s`` seconds, that
+    address may not try again for ``lockout_s`` seconds.
+
+    Guessing a token through the form is then slow (5 guesses a minute by default) even when an
+    operator chose a short one. State is in memory, per worker process: a restart clears it, and
+    behind a proxy every visitor shares the proxy's address (a lockout then holds for everyone
+    until it expires; the API's bearer token keeps working for scripts).
+
+    Args:
+        max_failures: Failed attempts allowed within the window.
+        window_s: Length of the window in seconds.
+        lockout_s: How long an address is refused once it has used up its attempts.
+        max_addresses: Addresses tracked at most (the oldest are forgotten first), so a flood of
+            addresses cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 60.0,
+        lockout_s: float = 60.0,
+        max_addresses: int = 10_000,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.lockout_s = lockout_s
+        self.max_addresses = max_addresses
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def retry_after(self, address: str, now: float | None = None) -> float:
+        """Seconds until ``address`` may try again (0 when it may try now)."""
+        current = time.monotonic() if now is None else now
+        until = self._locked_until.get(address, 0.0)
+        if until <= current:
+            self._locked_until.pop(address, None)
+            return 0.0
+        return until - current
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        """Count a failed attempt of ``address`` (and lock it out when it was the last allowed)."""
+        current = time.monotonic() if now is None else now
+        recent = [t for t in self._failures.pop(address, []) if current - t < self.window_s]
+        recent.append(current)
+        if len(recent) >= self.max_failures:
+            self._locked_until[address] = current + self.lockout_s
+            recent = []
+        if recent:
+            self._failures[address] = recent  # re-inserted last: dict order is least recently failed first
+        while len(self._failures) > self.max_addresses:
+            del self._failures[next(iter(self._failures))]
+        while len(self._locked_until) > self.max_addresses:
+            del self._locked_until[next(iter(self._locked_until))]
+
+    def succeeded(self, address: str) -> None:
+        """Forget ``address``'s failures after a successful sign-in."""
+        self._failures.pop(address, None)
