@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,23 +19,15 @@ import yaml
 DEFAULTS_FILE = Path(__file__).with_name("serving.yaml")
 
 # Current-stage values that say a deal is closed, as common CRMs spell them (Salesforce "Closed Won" /
-# "Closed Lost", HubSpot "closedwon" / "closedlost", plain won / lost / closed), after the clean-up
-# every stage gets (stripped, lower case; normalise_stage). serving.yaml carries the same list.
+# "Closed Lost", HubSpot "closedwon" / "closedlost", plain won / lost / closed), in the form they are
+# compared in (closed_stage_key: "Closed - Won", "closed_won" and "closed-won" all read "closed won").
+# serving.yaml carries the same list.
 DEFAULT_CLOSED_STAGES: frozenset[str] = frozenset(
-    {
-        "closed won",
-        "closed lost",
-        "closed_won",
-        "closed_lost",
-        "closed-won",
-        "closed-lost",
-        "closedwon",
-        "closedlost",
-        "won",
-        "lost",
-        "closed",
-    }
+    {"closed won", "closed lost", "closedwon", "closedlost", "won", "lost", "closed"}
 )
+
+# Runs of anything but letters and digits (any script): the separators CRMs put between a stage's words.
+_STAGE_SEPARATORS = re.compile(r"[\W_]+")
 
 
 class ConfigError(ValueError):
@@ -66,8 +59,8 @@ class ServiceConfig:
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
         risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
         top_k_factors: Number of signed contributions returned per record.
-        closed_stages: Stages (normalised: stripped, lower case) that mean a deal is closed; a deal
-            sent for scoring with one of them and no outcome is rejected, not scored as open.
+        closed_stages: Stages (in ``closed_stage_key`` form) that mean a deal is closed; a deal sent
+            for scoring with one of them and no outcome is rejected, not scored as open.
     """
 
     api_token: str | None = None
@@ -112,43 +105,66 @@ class ServiceConfig:
         unknown = set(self.required_models) - set(self.model_names)
         if unknown:
             raise ConfigError(f"required_models names unknown model kinds: {sorted(unknown)}")
-        # Compared with normalised stages: a value that is not normalised itself would never match.
+        # Compared with keyed stages: a value that is not a key itself would never match.
         odd = sorted(
             repr(stage)
             for stage in self.closed_stages
-            if not isinstance(stage, str) or not stage or normalise_stage(stage) != stage
+            if not isinstance(stage, str) or not stage or closed_stage_key(stage) != stage
         )
         if odd:
-            raise ConfigError(f"closed_stages must be non-empty, stripped and lower case, got {odd}")
+            raise ConfigError(
+                "closed_stages must be non-empty, lower case, words separated by one space "
+                f"(see closed_stage_key), got {odd}"
+            )
 
 
 def normalise_stage(value: str) -> str:
-    """A stage as it is compared and used as a feature: stripped, lower case."""
+    """A stage as it is used as a feature: stripped, lower case (as every category label)."""
     return value.strip().lower()
 
 
+def closed_stage_key(value: str) -> str:
+    """A stage as it is matched against the closed-stage vocabulary.
+
+    Lower case, with every run of characters other than letters and digits read as one space, so
+    that the spellings of one stage match ("Closed - Won", "closed_won", "closed-won" -> "closed won").
+    Only the closed-stage check uses this; the stage feature keeps ``normalise_stage``, the model
+    was trained on it. Words written together stay apart from spaced ones ("closedwon").
+
+    Args:
+        value: A stage as sent or configured.
+
+    Returns:
+        The key ("" when the text has no letter or digit).
+    """
+    return _STAGE_SEPARATORS.sub(" ", value.lower()).strip()
+
+
 def parse_closed_stages(name: str, value: Any) -> frozenset[str]:
-    """Closed stages from a list (serving.yaml) or comma-separated text (environment), normalised.
+    """Closed stages from a list (serving.yaml) or comma-separated text (environment), as keys.
 
     Args:
         name: Where the value comes from, for the error message.
         value: A list of stage names, or text such as ``"Closed Won,Closed Lost"``.
 
     Returns:
-        The normalised stages (an empty set: no stage means closed).
+        The stages in ``closed_stage_key`` form (an empty set: no stage means closed).
 
     Raises:
-        ConfigError: A list item that is not text or is blank.
+        ConfigError: A list item that is not text, or a stage with no letter or digit.
     """
     if isinstance(value, str):
         # Blank parts of the text (a trailing comma) are not stages.
-        return frozenset(normalise_stage(part) for part in value.split(",") if part.strip())
-    if not isinstance(value, list | tuple | set | frozenset):
+        items: list[Any] = [part for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+    else:
         raise ConfigError(f"{name} must be a list of stage names, got {type(value).__name__}")
-    bad = [item for item in value if not isinstance(item, str) or not item.strip()]
+    # A stage with no letter or digit would have an empty key, which no stage can mean.
+    bad = [item for item in items if not isinstance(item, str) or not closed_stage_key(item)]
     if bad:
-        raise ConfigError(f"{name}: every stage must be a non-empty string, got {bad[0]!r}")
-    return frozenset(normalise_stage(item) for item in value)
+        raise ConfigError(f"{name}: every stage must be text with a letter or digit, got {bad[0]!r}")
+    return frozenset(closed_stage_key(item) for item in items)
 
 
 def _check_cuts(name: str, cuts: Mapping[str, float], order: list[str]) -> None:

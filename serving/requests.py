@@ -21,8 +21,8 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from features.contract import TABLES, ColumnSpec
-from serving.config import DEFAULT_CLOSED_STAGES
-from serving.schemas import ChurnAccountIn, OpportunityIn
+from serving.config import DEFAULT_CLOSED_STAGES, closed_stage_key
+from serving.schemas import AccountOpportunityIn, ChurnAccountIn, OpportunityIn
 
 Tables = dict[str, pd.DataFrame]
 
@@ -267,6 +267,65 @@ def _after(items: Iterable[BaseModel], attr: str, as_of: pd.Timestamp, where: st
     return errors
 
 
+# Which contract table the rows of each nested list become, so that a record's rows are checked by
+# that table's rules (TableSpec.ordered). A list missing here is a test failure (test_record_checks).
+RECORD_TABLES: dict[str, str] = {"opportunities": "opportunities", "accounts": "accounts"}
+NESTED_TABLES: dict[type[BaseModel], dict[str, str]] = {
+    OpportunityIn: {
+        "account": "accounts",
+        "history": "opportunity_history",
+        "activities": "activities",
+    },
+    ChurnAccountIn: {
+        "subscriptions": "subscriptions",
+        "usage": "usage",
+        "tickets": "tickets",
+        "surveys": "surveys",
+        "activities": "activities",
+        "opportunities": "opportunities",
+    },
+    AccountOpportunityIn: {"history": "opportunity_history"},
+}
+
+
+def _day(value: datetime | date) -> pd.Timestamp:
+    """The UTC day of a time: batch validation compares a row's times by day (CRMs export dates)."""
+    return to_timestamp(value).normalize()
+
+
+def _out_of_order(model: BaseModel, table: str, where: str = "") -> list[str]:
+    """Errors for times of one row that contradict each other, by the contract's ``ordered`` pairs.
+
+    The same rule as batch validation (features.data): a ``later`` on a day before its ``earlier``
+    is a row problem; batch skips the row, the API rejects the record naming the nested field.
+    Nested rows of the model (``NESTED_TABLES``) are checked too.
+
+    Args:
+        model: A validated record or nested row.
+        table: The contract table its row belongs to.
+        where: Path prefix of the model in the record (``"tickets[2]."``; ``""`` for the record).
+
+    Returns:
+        One line per contradiction, naming the later field.
+    """
+    errors = []
+    for earlier, later in TABLES[table].ordered:
+        first, second = getattr(model, earlier, None), getattr(model, later, None)
+        if first is not None and second is not None and _day(second) < _day(first):
+            errors.append(
+                f"{where}{later}: {second} is before its {earlier} {first} "
+                "(compared by day; batch validation skips such rows)"
+            )
+    for name, child_table in NESTED_TABLES.get(type(model), {}).items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            errors += _out_of_order(value, child_table, f"{where}{name}.")
+        elif value is not None:
+            for i, item in enumerate(value):
+                errors += _out_of_order(item, child_table, f"{where}{name}[{i}].")
+    return errors
+
+
 def _row(model: BaseModel, columns: Mapping[str, str], **overrides: Any) -> dict[str, Any]:
     """One table row from a record: contract columns plus extra (unknown) fields, kept as given."""
     data = model.model_dump(exclude_none=False)
@@ -401,8 +460,8 @@ def prepare_opportunities(
         as_of: Timestamp the deals are scored as of.
         with_tables: False leaves ``tables`` empty (only ``rows``), for requests merged before
             their tables are built.
-        closed_stages: Stages (stripped, lower case: ``ServiceConfig.closed_stages``) that mean a
-            deal is closed; a deal with one of them is rejected naming ``stage``.
+        closed_stages: Stages in ``closed_stage_key`` form (``ServiceConfig.closed_stages``) that
+            mean a deal is closed; a deal whose stage has one of these keys is rejected naming ``stage``.
 
     Returns:
         The batch: tables ``accounts``, ``opportunities``, ``opportunity_history``, ``activities``.
@@ -480,7 +539,7 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp, closed_stages: C
         errors.append(
             f"closed_at: the deal closed on {opp.closed_at}, on or before as_of; only open deals are scored"
         )
-    elif canonical_text(opp.stage, lower=True) in closed_stages:
+    elif opp.stage is not None and closed_stage_key(opp.stage) in closed_stages:
         # Scored as open, a closed stage is just an unseen category: the deal would get an open
         # deal's score (the same as stage "banana") instead of being reported.
         errors.append(
@@ -496,6 +555,7 @@ def _check_opportunity(opp: OpportunityIn, as_of: pd.Timestamp, closed_stages: C
             errors.append(f"account.created_at: {opp.account.created_at} is after as_of {as_of.isoformat()}")
     errors += _after(opp.history, "changed_at", as_of, "history")
     errors += _after(opp.activities, "occurred_at", as_of, "activities")
+    errors += _out_of_order(opp, RECORD_TABLES["opportunities"])
     for i, activity in enumerate(opp.activities):
         if activity.opportunity_id is not None and activity.opportunity_id != opp.opportunity_id:
             errors.append(
@@ -604,11 +664,7 @@ def _check_account(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]:
     errors += _after(acct.tickets, "opened_at", as_of, "tickets")
     errors += _after(acct.surveys, "responded_at", as_of, "surveys")
     errors += _after(acct.activities, "occurred_at", as_of, "activities")
-    for i, sub in enumerate(acct.subscriptions):
-        if sub.end_date is not None and to_timestamp(sub.end_date) < to_timestamp(sub.start_date):
-            errors.append(
-                f"subscriptions[{i}].end_date: {sub.end_date} is before start_date {sub.start_date}"
-            )
+    errors += _out_of_order(acct, RECORD_TABLES["accounts"])
     for i, usage in enumerate(acct.usage):
         for name, value in (usage.model_extra or {}).items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -637,8 +693,6 @@ def _check_account_deals(acct: ChurnAccountIn, as_of: pd.Timestamp) -> list[str]
         created = to_timestamp(deal.created_at)
         if created > as_of:
             errors.append(f"{where}.created_at: {deal.created_at} is after as_of {as_of.isoformat()}")
-        if deal.closed_at is not None and to_timestamp(deal.closed_at) < created:
-            errors.append(f"{where}.closed_at: {deal.closed_at} is before created_at {deal.created_at}")
         if deal.outcome in ("won", "lost") and deal.closed_at is None:
             # Without its close date a decided deal would count as an open renewal.
             errors.append(f"{where}.closed_at: required when outcome is {deal.outcome!r}")

@@ -20,10 +20,19 @@ from pydantic import (
     WithJsonSchema,
 )
 
-# Numbers must be finite: NaN/Infinity are not JSON and would poison the features.
-Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Number = Annotated[float, Field(allow_inf_nan=False)]
-Count = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+def _not_boolean(value: Any) -> Any:
+    """Refuse true/false where a number is expected: pydantic would read them as 1 and 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+    return value
+
+
+# Numbers must be finite: NaN/Infinity are not JSON and would poison the features. A boolean is a
+# caller's mistake (a field mixed up), not a count of 1: it is rejected naming the field.
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_not_boolean)]
+Number = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_boolean)]
+Count = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_not_boolean)]
 
 
 def _not_blank(value: str) -> str:

@@ -1,5 +1,6 @@
 """A deal whose current stage says it is closed is rejected naming ``stage``, not scored as an open
-deal with an unseen stage; the closed-stage vocabulary is configuration (serving/serving.yaml)."""
+deal with an unseen stage; the closed-stage vocabulary is configuration (serving/serving.yaml). Stages
+are matched in lower case with separators read as one space, so one stage's spellings all match."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serving.config import (
     DEFAULT_CLOSED_STAGES,
     ConfigError,
     ServiceConfig,
+    closed_stage_key,
     config_from_env,
     load_defaults,
     normalise_stage,
@@ -31,6 +33,11 @@ CLOSED_AS_SENT = [
     "lost",
     "closed_won",
     "CLOSED",
+    "Closed - Won",
+    "Closed-Won",
+    "closed-lost",
+    "CLOSED__LOST",
+    "Closed/Won",
 ]
 
 
@@ -42,7 +49,7 @@ def _deal(opportunity_id: str = "o-1", **changes: Any) -> dict[str, Any]:
     return record
 
 
-@pytest.mark.parametrize("stage", [*CLOSED_AS_SENT, " Closed Won ", "closed lost\t"])
+@pytest.mark.parametrize("stage", [*CLOSED_AS_SENT, " Closed Won ", "closed lost\t", "Closed\u00a0Won"])
 def test_closed_stage_without_outcome_is_rejected_naming_stage(stage: str) -> None:
     batch = prepare_opportunities([_deal(stage=stage), _deal("o-2")], AS_OF)
     assert batch.accepted == [(1, "o-2")]
@@ -53,7 +60,9 @@ def test_closed_stage_without_outcome_is_rejected_naming_stage(stage: str) -> No
     assert "not scored" in error
 
 
-@pytest.mark.parametrize("stage", ["proposal", "banana", "Closing soon", "won-back", None])
+@pytest.mark.parametrize(
+    "stage", ["proposal", "banana", "Closing soon", "won-back", "closed won back", "---", "", None]
+)
 def test_open_and_unknown_stages_are_scored_as_before(stage: str | None) -> None:
     record = _deal(stage=stage) if stage is not None else _deal()
     if stage is None:
@@ -83,7 +92,7 @@ def test_the_vocabulary_is_a_parameter() -> None:
 
 
 def test_configuration_default_file_and_environment() -> None:
-    assert {normalise_stage(stage) for stage in CLOSED_AS_SENT} <= DEFAULT_CLOSED_STAGES
+    assert {closed_stage_key(stage) for stage in CLOSED_AS_SENT} <= DEFAULT_CLOSED_STAGES
     # serving.yaml lists the same stages as the code's default.
     assert config_from_env({}).closed_stages == DEFAULT_CLOSED_STAGES
     assert set(load_defaults()["closed_stages"]) == DEFAULT_CLOSED_STAGES
@@ -95,10 +104,37 @@ def test_configuration_default_file_and_environment() -> None:
     with pytest.raises(ConfigError, match="closed_stages"):
         config_from_env({}, defaults={"closed_stages": ["won", " "]})
     with pytest.raises(ConfigError, match="closed_stages"):
-        ServiceConfig(closed_stages=frozenset({"Closed Won"}))  # would never match a normalised stage
+        ServiceConfig(closed_stages=frozenset({"Closed Won"}))  # would never match a keyed stage
+    with pytest.raises(ConfigError, match="closed_stages"):
+        ServiceConfig(closed_stages=frozenset({"closed_won"}))
+    with pytest.raises(ConfigError, match="REVCAST_CLOSED_STAGES"):
+        config_from_env({"REVCAST_CLOSED_STAGES": "signed, --"})  # no letter: would match nothing
 
 
-def test_stage_normalisation_is_the_one_stages_get() -> None:
+def test_the_configured_vocabulary_is_keyed_as_stages_are() -> None:
+    # Whatever spelling the configuration uses, every spelling of that stage matches it.
+    assert config_from_env({}, defaults={"closed_stages": ["Closed_Won", "HubSpot-Lost"]}).closed_stages == {
+        "closed won",
+        "hubspot lost",
+    }
+    config = config_from_env({"REVCAST_CLOSED_STAGES": "Contract-Signed"})
+    assert config.closed_stages == {"contract signed"}
+    records = [_deal("o-1", stage="contract signed"), _deal("o-2", stage="CONTRACT_SIGNED"), _deal("o-3")]
+    batch = prepare_opportunities(records, AS_OF, closed_stages=config.closed_stages)
+    assert batch.accepted == [(2, "o-3")]
+    assert [item["opportunity_id"] for item in batch.rejected] == ["o-1", "o-2"]
+
+
+def test_closed_stage_key() -> None:
+    for sent in ["Closed - Won", "closed_won", "closed-won", " CLOSED\tWON ", "closed--_won.", "Closed Won"]:
+        assert closed_stage_key(sent) == "closed won", sent
+    assert closed_stage_key("closedwon") == "closedwon"
+    assert closed_stage_key("Étape 2 – Gagné") == "étape 2 gagné"  # letters of any script are kept
+    assert closed_stage_key(" -- ") == ""
+
+
+def test_stage_feature_normalisation_is_the_one_stages_get() -> None:
+    # The closed-stage key is for matching only: the stage feature keeps the category clean-up.
     for stage in [*CLOSED_AS_SENT, " Closed\tWon ", "ÉTAPE"]:
         assert normalise_stage(stage) == canonical_text(stage, lower=True)
 
