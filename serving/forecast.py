@@ -404,6 +404,24 @@ def _with_current_state(
     return merged
 
 
+def _current_state_date(tables: Tables, current_state_as_of: Any) -> pd.Timestamp | None:
+    """``current_state_as_of`` if the export's current state was known then, else None.
+
+    The current-state columns are each deal's state at the export (the latest timestamp in any
+    table, as ``revcast score`` and the API define the data's end). Dated earlier, they would claim a
+    stage or amount the deal may only have reached later, so a past forecast date must not see them,
+    whichever surface asks (the CLI, the API and the managers' page pass their own ``as_of``).
+    """
+    if current_state_as_of is None or (isinstance(current_state_as_of, str) and not current_state_as_of):
+        return None
+    from features.labels import data_export_date
+
+    when = pd.Timestamp(current_state_as_of)
+    if pd.isna(when):
+        return None
+    return when if when >= data_export_date(tables) else None
+
+
 # --------------------------------------------------------------------------- deal states
 
 
@@ -1161,7 +1179,8 @@ def forecast_revenue(
         seed: Random seed (same inputs + seed = same result).
         params: Engine settings, see :class:`ForecastParams`.
         current_state_as_of: Treat the opportunities' current-state columns as a history row of
-            this date (only when <= T; for forecasting "now" from an export).
+            this date (only when <= T and at or after the data's export date, the latest timestamp
+            in any table: before it the current state was not known yet).
         keep_simulations: Keep the (group, period, simulation) array in the result.
 
     Returns:
@@ -1180,9 +1199,7 @@ def forecast_revenue(
     if pd.isna(as_of):
         raise ValueError("as_of: not a date")
     notes: list[str] = []
-    source = _with_current_state(
-        tables, pd.Timestamp(current_state_as_of) if current_state_as_of else None, as_of
-    )
+    source = _with_current_state(tables, _current_state_date(tables, current_state_as_of), as_of)
     view = as_of_view(source, as_of)
     opps = view["opportunities"]
     if "opportunity_history" not in view:

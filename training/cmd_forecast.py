@@ -252,6 +252,82 @@ def validation_note(report: Any, data: Path) -> str | None:
     )
 
 
+def forecast_with_outlook(
+    tables: dict[str, pd.DataFrame],
+    as_of: pd.Timestamp,
+    period: str,
+    by: str | None,
+    win_probability: pd.Series | None = None,
+    n_periods: int = N_PERIODS,
+) -> Any:
+    """The current period as GET /v1/forecast computes it, then the upcoming periods.
+
+    The engine learns every period of one run from analog dates at least the whole horizon back, so
+    a 4-period run forecasts the current period from older analogs than the API's 1-period run and
+    the two disagreed on the same data. The current period therefore comes from the API's call (same
+    horizon, same current-state handling); the later periods from a separate longer run, and a note
+    says so.
+
+    Args:
+        tables: Canonical tables.
+        as_of: Forecast date T (inside the data).
+        period: "month" or "quarter".
+        by: None, "rep", "team" or "region".
+        win_probability: P(win) per open deal (the win champion's), or None for historical rates.
+        n_periods: Periods shown, the current one included (fewer when the history is too short).
+
+    Returns:
+        A ``serving.forecast.ForecastResult`` with up to ``n_periods`` periods.
+    """
+    from dataclasses import replace
+
+    from serving.forecast import forecast_revenue
+
+    def run(horizon: int) -> Any:
+        # as_of as the current-state date, as the API passes it: the engine only uses the export's
+        # current state when as_of is at or after the export (the rule `revcast score` follows).
+        return forecast_revenue(
+            tables,
+            as_of,
+            period=period,  # type: ignore[arg-type]
+            by=by,
+            n_periods=horizon,
+            win_probability=win_probability,
+            current_state_as_of=as_of,
+        )
+
+    current = run(1)
+    later = None
+    # Later periods need analog dates further back; with short histories show fewer periods.
+    for horizon in range(n_periods, 1, -1):
+        try:
+            later = run(horizon)
+            break
+        except ValueError as exc:
+            if "to learn from" not in str(exc):
+                raise
+    if later is None:
+        return current
+    first = current.totals["period_start"].iloc[0]
+    learned = [line for line in later.notes if line.startswith("learned from")]
+    note = (
+        f"periods after {current.totals['period'].iloc[0]} come from a separate {horizon}-{period} run "
+        f"(its analog dates must lie {horizon} {period}s back"
+        + (f"; {learned[0]}" if learned else "")
+        + "); the current period is forecast with a 1-period horizon, as GET /v1/forecast does"
+    )
+    return replace(
+        current,
+        frame=pd.concat(
+            [current.frame, later.frame.loc[later.frame["period_start"] > first]], ignore_index=True
+        ),
+        totals=pd.concat(
+            [current.totals, later.totals.loc[later.totals["period_start"] > first]], ignore_index=True
+        ),
+        notes=[*current.notes, note],
+    )
+
+
 def cmd_forecast(
     data: Path,
     as_of: str | None,
@@ -263,8 +339,8 @@ def cmd_forecast(
 ) -> None:
     """Forecast (or backtest) won revenue per period with a range; see `revcast forecast --help`."""
     from features.data import load_tables
-    from serving.forecast import forecast_revenue
-    from training.backtest import backtest_forecast, data_span
+    from serving.forecast import forecast_data_range
+    from training.backtest import backtest_forecast
     from training.score import check_as_of_in_span, parse_as_of
 
     if period not in ("month", "quarter"):
@@ -276,14 +352,15 @@ def cmd_forecast(
     when = parse_as_of(as_of) if as_of is not None and as_of.strip() and not backtest else None
     _echo(f"loading {data} ...")
     tables, report = load_tables(data, require=("accounts", "opportunities"))
-    first_date, export_date = data_span(tables)
+    # The data's end as `revcast score` and GET /v1/forecast define it: the latest timestamp in any table.
+    first_date, export_date = forecast_data_range(tables)
     if when is not None:
         check_as_of_in_span(
             when,
             first_date,
             export_date,
             first_what="the first deal's created_at",
-            last_what="the latest deal timestamp: the export date",
+            last_what="the latest timestamp in any table: the export date",
         )
     skipped = validation_note(report, data)
 
@@ -328,24 +405,7 @@ def cmd_forecast(
         when = export_date if when is None else when
         _echo(f"forecasting won revenue per {period} as of {when.date()} ...")
         win_probability, note = champion_win_probabilities(tables, when, export_date)
-        result = None
-        # Later periods need analog dates further back; with short histories show fewer periods.
-        for n_periods in range(N_PERIODS, 0, -1):
-            try:
-                result = forecast_revenue(
-                    tables,
-                    when,
-                    period=period,
-                    by=by,
-                    n_periods=n_periods,
-                    win_probability=win_probability,
-                    current_state_as_of=export_date if export_date <= when else None,
-                )
-                break
-            except ValueError as exc:
-                if n_periods == 1 or "to learn from" not in str(exc):
-                    raise
-        assert result is not None
+        result = forecast_with_outlook(tables, when, period, by, win_probability)
         _print_forecast(result, note)
         if skipped:
             _echo(f"note: {skipped}")
