@@ -1108,7 +1108,10 @@ def _quota(
     for k, (lo, hi) in enumerate(windows):
         overlap = (q_end.clip(upper=hi) - q_start.clip(lower=lo)).dt.days.clip(lower=0)
         value = quotas["amount"].astype(float) * overlap / length
-        for g, v in value.groupby(groups.to_numpy()).sum().items():
+        covered = (
+            overlap > 0
+        ).to_numpy()  # a group without a quota overlapping the period has none (NaN), not 0
+        for g, v in value[covered].groupby(groups.to_numpy()[covered]).sum().items():
             rows.append({"group": g, "k": k, "quota": float(v)})
     return pd.DataFrame(rows)
 
@@ -1453,7 +1456,7 @@ def forecast_revenue(
             )
     frame = pd.DataFrame(out_rows)
     frame = _attach(frame, recurring, "recurring_expected", windows)
-    frame = _attach(frame, quota, "quota", windows)
+    frame = _attach(frame, quota, "quota", windows, absent=np.nan)
     frame["attainment_p50"] = frame["p50"] / frame["quota"].where(frame["quota"] > 0)
 
     totals = _totals(frame, sims, windows, period)
@@ -1482,7 +1485,13 @@ def _stage_win_rates(rows: pd.DataFrame) -> dict[str, float]:
     return closed.groupby("stage")["won_any"].mean().to_dict()
 
 
-def _attach(frame: pd.DataFrame, extra: pd.DataFrame | None, column: str, windows: list) -> pd.DataFrame:
+def _attach(
+    frame: pd.DataFrame, extra: pd.DataFrame | None, column: str, windows: list, absent: float = 0.0
+) -> pd.DataFrame:
+    """Add ``extra``'s per (group, period) values as ``column``; ``absent`` where it has none.
+
+    Recurring revenue a group does not have is 0; a quota nobody set is unknown (NaN), not a target of 0.
+    """
     if extra is None or extra.empty:
         frame[column] = np.nan
         return frame
@@ -1490,7 +1499,7 @@ def _attach(frame: pd.DataFrame, extra: pd.DataFrame | None, column: str, window
     labels = {k: lo for k, (lo, _hi) in enumerate(windows)}
     extra["period_start"] = extra["k"].map(labels)
     merged = frame.merge(extra[["group", "period_start", column]], on=["group", "period_start"], how="left")
-    merged[column] = merged[column].fillna(0.0)
+    merged[column] = merged[column].fillna(absent)
     return merged
 
 

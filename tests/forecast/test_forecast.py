@@ -224,3 +224,18 @@ def test_level_shrinkage_blends_sparse_cells_with_their_parent():
     # The hard fall-back drops the 10 renewal rows (< 30) for the overall rate.
     hard = _hierarchical_sums(train, target, ["won_0"], "one", 30, levels)
     assert (hard["won_0"] / hard["one"]).to_numpy() == pytest.approx([0.2, root, root])
+
+
+def test_a_period_without_any_quota_has_an_unknown_quota_not_zero(crm):
+    quotas = crm["quotas"]
+    last_quarter = period_floor(AS_OF, "quarter")
+    # Quotas set only up to the end of the current quarter: the next quarter has none.
+    limited = {**crm, "quotas": quotas.loc[quotas["period_start"] < last_quarter + pd.DateOffset(months=3)]}
+    result = forecast_revenue(limited, AS_OF, by="rep", n_periods=2, n_sims=N_SIMS)
+    current, following = (
+        result.frame.loc[result.frame["period_start"] == s]
+        for s in sorted(result.frame["period_start"].unique())
+    )
+    assert (current["quota"] > 0).all()
+    assert following["quota"].isna().all() and following["attainment_p50"].isna().all()
+    assert np.isnan(result.totals["quota"].iloc[1]) and result.totals["quota"].iloc[0] > 0
