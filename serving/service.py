@@ -646,6 +646,7 @@ class RevcastService:
         self._reload_lock = threading.Lock()
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
+        self._start_up_done = False  # models and the forecast dataset have been read (see __is_ready__)
         # (first deal created, latest timestamp) of the forecast dataset: the as_of values it can answer.
         self._forecast_range: tuple[pd.Timestamp, pd.Timestamp] | None = None
         self._metrics = _metrics()
@@ -703,10 +704,17 @@ class RevcastService:
             except Exception as exc:  # the forecast answers 503 with this reason
                 self._forecast_error = f"{type(exc).__name__}: {exc}"
         freeze_long_lived_objects()
+        self._start_up_done = True
 
     def __is_ready__(self) -> bool:
-        """/readyz: 200 only when the required models are loaded and warmed."""
-        return self.models.ready(self.config.required_models)
+        """/readyz: 200 only when the required models are loaded and warmed and start-up has finished.
+
+        Start-up includes reading the forecast dataset when one is configured (``REVCAST_DATA_DIR``):
+        before, a client that waited for /readyz could still get "the forecast dataset is still
+        loading". Whether it loaded does not matter here: a dataset that fails makes only the forecast
+        and the page answer with the reason, and predictions stay available.
+        """
+        return self._start_up_done and self.models.ready(self.config.required_models)
 
     def reload(self) -> dict[str, str]:
         """Load the models now behind the alias and swap them in; keep any that fail (outcome per kind)."""
