@@ -91,6 +91,11 @@ class ValidationReport:
     sources: dict[str, str] = field(default_factory=dict)
     unknown_files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Per table, the skipped rows whose record is gone from the loaded table: ``row`` (numbered as in
+    #: the messages), the table's key (None when the key itself was unusable), the references to parent
+    #: tables, and ``reason`` (every problem of that row, with its own value). A row skipped as a
+    #: duplicate of a kept key is not a lost record and is not listed.
+    dropped: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -306,6 +311,8 @@ class _TableCheck:
         # Orphans whose parent row was itself skipped: reported, but the problem is counted upstream.
         self.cascaded = np.zeros(len(row_numbers), dtype=bool)
         self.issues: list[Issue] = []
+        # Each dropping problem, to say per row why it went (see `lost_rows`).
+        self._drop_reasons: list[tuple[np.ndarray, pd.Series, str, str, str, pd.Series | None]] = []
 
     def record(
         self,
@@ -317,10 +324,13 @@ class _TableCheck:
         action: Literal["dropped", "nulled", "kept"],
         expected: str,
         got_suffix: str = "",
+        from_skipped_parent: pd.Series | None = None,
     ) -> None:
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             return
+        if action == "dropped":
+            self._drop_reasons.append((mask, raw_values, column, rule, expected, from_skipped_parent))
         rows = self.row_numbers[mask]
         values = _sample_values(raw_values[mask])
         got = f"got '{values[0]}'" if values and values[0] != "" else "got an empty value"
@@ -346,6 +356,49 @@ class _TableCheck:
         self.touched |= mask
         if action == "dropped":
             self.drop |= mask
+
+    def lost_rows(
+        self, table: pd.DataFrame, spec: TableSpec, parent_table_of: Mapping[str, str]
+    ) -> pd.DataFrame:
+        """The dropped rows whose key did not survive, with every reason (see ``ValidationReport.dropped``).
+
+        Args:
+            table: The canonical table before dropping (same positions as the raw rows).
+            spec: Its contract spec.
+            parent_table_of: Reference column -> parent table, to word the cascade.
+        """
+        key = spec.primary_key[0] if len(spec.primary_key) == 1 else None
+        refs = [ref.column for ref in spec.parents]
+        lost = self.drop.copy()
+        if key is not None:
+            kept_keys = set(table.loc[~self.drop, key].dropna())
+            lost &= ~table[key].isin(kept_keys).to_numpy()
+        positions = np.flatnonzero(lost)
+        reasons = []
+        # Only the lost rows (a few percent at most: more is fatal), so a loop is fine here.
+        for position in positions.tolist():
+            parts = []
+            for mask, raw_values, column, rule, expected, from_parent in self._drop_reasons:
+                if not mask[position]:
+                    continue
+                value = raw_values.iloc[position]
+                got = "an empty value" if pd.isna(value) or str(value).strip() == "" else repr(str(value))
+                part = f"column '{column}' ({rule}): expected {expected}, got {got}"
+                if from_parent is not None and bool(from_parent.get(position, False)):
+                    part += f" (that {parent_table_of.get(column, 'parent')} row was itself skipped by validation)"
+                parts.append(part)
+            reasons.append(
+                f"skipped by validation: {self.source} row {int(self.row_numbers[position])}: "
+                + "; ".join(parts)
+            )
+        columns = {"row": self.row_numbers[positions].astype("int64")}
+        if key is not None:
+            columns[key] = table[key].iloc[positions].to_numpy(dtype=object)
+        for ref in refs:
+            if ref != key:
+                columns[ref] = table[ref].iloc[positions].to_numpy(dtype=object)
+        columns["reason"] = np.asarray(reasons, dtype=object)
+        return pd.DataFrame(columns)
 
 
 # --------------------------------------------------------------------------- validation
@@ -546,6 +599,7 @@ def _validate_one(
         if not orphan.any():
             continue
         from_dropped = values[orphan].isin(dropped_keys.get(ref.parent_table, set()))
+        parent_skipped = values.isin(dropped_keys.get(ref.parent_table, set()))
         cascade_rows = np.flatnonzero(orphan)[from_dropped.to_numpy()]
         check.cascaded[cascade_rows[~check.touched[cascade_rows]]] = True
         suffix = ""
@@ -560,10 +614,15 @@ def _validate_one(
             action=action,
             expected=f"a value of {ref.parent_table}.{ref.parent_column}",
             got_suffix=suffix,
+            from_skipped_parent=parent_skipped.reset_index(drop=True),
         )
         if ref.on_orphan == "null":
             table.loc[orphan, ref.column] = None
 
+    if check.drop.any():
+        report.dropped[spec.name] = check.lost_rows(
+            table, spec, {ref.column: ref.parent_table for ref in spec.parents}
+        )
     kept = table.loc[~check.drop].reset_index(drop=True)
     return kept, check
 

@@ -475,7 +475,7 @@ def cmd_score(
     _write_frame(result.scores, out)
     # Records validation skipped are gone from the tables the pipeline saw: without this they would
     # vanish from both files. A skipped subscription's account may still be scored via another one.
-    skipped = validation_rejects(data, tables, report, what) if skipped_rows else pd.DataFrame()
+    skipped = validation_rejects(tables, report, what) if skipped_rows else pd.DataFrame()
     if not skipped.empty:
         skipped = skipped.loc[~skipped[key].isin(result.scores[key].astype(str))]
     rejected = (

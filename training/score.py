@@ -21,7 +21,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -247,175 +246,56 @@ def parse_as_of(as_of: str) -> pd.Timestamp:
     return resolved
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
-    # The loader's own reading options, so that positions match the row numbers in its report.
-    if path.suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    return pd.read_parquet(path).reset_index(drop=True)
-
-
-def _raw_column(raw: pd.DataFrame, name: str) -> pd.Series | None:
-    """A raw column by contract name, tolerating the header spellings the loader accepts."""
-    wanted = name.strip().lower()
-    for column in raw.columns:
-        if str(column).strip().lstrip("\ufeff").lower() == wanted:
-            return raw[column]
-    return None
-
-
-def _text_ids(values: pd.Series) -> pd.Series:
-    """Ids as the loader keeps them: stripped text, empty -> None, integral floats without '.0'."""
-    if pd.api.types.is_float_dtype(values):
-        values = values.astype("Int64") if (values.dropna() % 1 == 0).all() else values
-    text = values.astype("string").str.strip()
-    return pd.Series(text.mask(text == "").to_numpy(dtype=object, na_value=None), index=values.index)
-
-
-_EXPECTED_RE = r": expected (?P<expected>.*?), got "
-
-
-def _issue_reason(
-    issue: Any, raw: pd.DataFrame, position: int, skipped_parents: Mapping[str, set[str]]
-) -> str:
-    """One skipped row's reason from the report issue that covers it, with the row's own value."""
-    import re
-
-    from features.contract import TABLES
-
-    match = re.search(_EXPECTED_RE, issue.message)
-    expected = match.group("expected") if match else issue.message
-    reason = f"column '{issue.column}' ({issue.rule}): expected {expected}"
-    series = _raw_column(raw, issue.column) if issue.column else None
-    if series is None:  # a composite key or a table-level issue: no single value to show
-        return reason
-    value = series.iloc[position]
-    if pd.isna(value) or str(value).strip() == "":
-        return reason + ", got an empty value"
-    reason += f", got {str(value)!r}"
-    if issue.rule == "orphan":
-        parents = [p.parent_table for p in TABLES[issue.table].parents if p.column == issue.column]
-        if parents and str(value).strip() in skipped_parents.get(parents[0], set()):
-            reason += f" (that {parents[0]} row was itself skipped by validation)"
-    return reason
-
-
 def _first_per_id(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     """One row per id (the first); rows without an id are all kept (each is its own lost record)."""
     keep = frame[key].isna() | ~frame[key].duplicated(keep="first")
     return frame.loc[keep].reset_index(drop=True)
 
 
-def skipped_records(
-    directory: str | Path,
-    tables: Mapping[str, pd.DataFrame],
-    report: Any,
-    table: str,
-    key: str,
-    skipped_parents: Mapping[str, set[str]] | None = None,
-) -> pd.DataFrame:
-    """Rows of one table that validation skipped and whose record is gone from the loaded table.
-
-    A duplicate row whose key survived (the first occurrence was kept) is not a lost record and is
-    not listed. Each listed row carries the report's reason: the issue that names the row, or --
-    since an issue quotes only its first few rows -- the issues with unquoted rows (exact when
-    there is one; otherwise all candidates are named).
-
-    Args:
-        directory: The dataset directory ``load_tables`` read.
-        tables: Its canonical tables.
-        report: Its validation report (``sources``, ``skipped``).
-        table: Table name, e.g. ``opportunities``.
-        key: The table's id column.
-        skipped_parents: Ids of skipped parent rows per table, so that an orphan says its parent
-            was itself skipped (the cascade) rather than unknown.
-
-    Returns:
-        Columns ``key``, ``file``, ``row`` (the report's row numbering) and ``reason``; one row per
-        skipped row whose key is not in the loaded table (missing keys included, as None).
-    """
-    columns = [key, "file", "row", "reason"]
-    source = report.sources.get(table)
-    if source is None:
-        return pd.DataFrame(columns=columns)
-    path = Path(directory) / source
-    raw = _read_raw(path)
-    raw_key = _raw_column(raw, key)
-    if raw_key is None or raw.empty:
-        return pd.DataFrame(columns=columns)
-    ids = _text_ids(raw_key)
-    kept = set(tables[table][key].astype(str)) if table in tables else set()
-    lost = (ids.isna() | ~ids.isin(kept)).to_numpy()
-    if not lost.any():
-        return pd.DataFrame(columns=columns)
-    first_row = 2 if path.suffix == ".csv" else 1
-    positions = np.flatnonzero(lost)
-    rows = positions + first_row
-    issues = [i for i in report.skipped if i.table == table and i.action == "dropped"]
-    unquoted = [i for i in issues if i.count > len(i.rows)]
-    reasons = []
-    # A loop over the skipped rows only (a few percent of a table at most: more is fatal in the loader).
-    for position, row in zip(positions.tolist(), rows.tolist(), strict=True):
-        naming = [i for i in issues if row in i.rows] or unquoted
-        parts = [_issue_reason(i, raw, position, skipped_parents or {}) for i in naming]
-        if not parts:
-            text = "see `revcast data validate`"
-        elif len(parts) > 1 and naming is unquoted:
-            text = "one of: " + "; ".join(parts)
-        else:
-            text = "; ".join(parts)
-        reasons.append(f"skipped by validation: {source} row {row}: {text}")
-    return pd.DataFrame(
-        {key: ids.iloc[positions].to_numpy(), "file": source, "row": rows.astype("int64"), "reason": reasons},
-        columns=columns,
-    )
-
-
-def validation_rejects(
-    directory: str | Path, tables: Mapping[str, pd.DataFrame], report: Any, what: str
-) -> pd.DataFrame:
+def validation_rejects(tables: Mapping[str, pd.DataFrame], report: Any, what: str) -> pd.DataFrame:
     """The records a scoring run can no longer see because validation skipped them (or their parent).
 
     ``opportunities``: every skipped deal row whose deal is gone (bad value, orphan -- e.g. its
     account row was skipped). Whether such a deal was open at as_of is unknown, so all are listed.
     ``accounts``: every skipped account row, then the account of every skipped subscription row
     (a bad subscription, or one cascaded from a skipped account) -- the account may have been
-    active through it.
+    active through it, unless it is still scored through another subscription.
 
     Args:
-        directory: The dataset directory ``load_tables`` read.
-        tables: Its canonical tables.
-        report: Its validation report.
+        tables: The canonical tables ``load_tables`` returned.
+        report: Its validation report (``report.dropped`` holds the lost rows with their reasons).
         what: ``opportunities`` or ``accounts``.
 
     Returns:
         Columns ``<id>``, ``file``, ``row``, ``reason``; one row per id (the first reason kept).
     """
-    accounts = skipped_records(directory, tables, report, "accounts", "account_id")
-    parents = {"accounts": set(accounts["account_id"].dropna())}
+    key = "opportunity_id" if what == "opportunities" else "account_id"
+    columns = [key, "file", "row", "reason"]
+
+    def lost(table: str) -> pd.DataFrame:
+        frame = report.dropped.get(table)
+        if frame is None or frame.empty:
+            return pd.DataFrame(columns=[*columns, "subscription_id"])
+        return frame.assign(file=report.sources.get(table, table))
+
     if what == "opportunities":
-        deals = skipped_records(directory, tables, report, "opportunities", "opportunity_id", parents)
-        return _first_per_id(deals, "opportunity_id")
-    subscriptions = skipped_records(directory, tables, report, "subscriptions", "subscription_id", parents)
-    frames = [accounts] if not accounts.empty else []
+        deals = lost("opportunities")
+        return _first_per_id(deals[columns], key) if not deals.empty else pd.DataFrame(columns=columns)
+    frames = []
+    accounts = lost("accounts")
+    if not accounts.empty:
+        frames.append(accounts[columns])
+    subscriptions = lost("subscriptions")
     if not subscriptions.empty:
-        source = report.sources["subscriptions"]
-        account_column = _raw_column(_read_raw(Path(directory) / source), "account_id")
-        if account_column is not None:
-            first_row = 2 if source.endswith(".csv") else 1
-            owners = _text_ids(account_column).iloc[subscriptions["row"].to_numpy(dtype=int) - first_row]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "account_id": owners.to_numpy(),
-                        "file": source,
-                        "row": subscriptions["row"].to_numpy(),
-                        "reason": "its subscription was " + subscriptions["reason"].astype(str),
-                    }
-                ).dropna(subset=["account_id"])
-            )
+        subscriptions = subscriptions.dropna(subset=["account_id"])
+        frames.append(
+            subscriptions.assign(reason="its subscription was " + subscriptions["reason"].astype(str))[
+                columns
+            ]
+        )
     if not frames:
-        return accounts
-    return _first_per_id(pd.concat(frames, ignore_index=True), "account_id")
+        return pd.DataFrame(columns=columns)
+    return _first_per_id(pd.concat(frames, ignore_index=True), key)
 
 
 # ============================================================================ opportunities

@@ -100,9 +100,7 @@ def test_validation_rejects_name_every_skipped_deal_with_file_row_column_and_val
     from features.data import load_tables
 
     tables, report = load_tables(corrupted["data"], require=("accounts", "opportunities"))
-    rejects = validation_rejects(corrupted["data"], tables, report, "opportunities").set_index(
-        "opportunity_id"
-    )
+    rejects = validation_rejects(tables, report, "opportunities").set_index("opportunity_id")
     for deal in corrupted["bad_deals"]:
         reason = rejects.loc[deal, "reason"]
         row = corrupted["deal_rows"][deal]
@@ -120,7 +118,7 @@ def test_validation_rejects_name_the_skipped_account(corrupted: dict[str, Any]) 
     from features.data import load_tables
 
     tables, report = load_tables(corrupted["data"], require=("accounts", "subscriptions"))
-    rejects = validation_rejects(corrupted["data"], tables, report, "accounts").set_index("account_id")
+    rejects = validation_rejects(tables, report, "accounts").set_index("account_id")
     reason = rejects.loc[corrupted["account"], "reason"]
     assert f"accounts.csv row {corrupted['account_row']}:" in reason and BAD_DATE in reason, reason
     assert rejects.index.is_unique
@@ -170,8 +168,8 @@ def test_score_clean_data_has_no_validation_rejects(clean: Path) -> None:
     from features.data import load_tables
 
     tables, report = load_tables(clean, require=("accounts", "subscriptions"))
-    assert validation_rejects(clean, tables, report, "accounts").empty
-    assert validation_rejects(clean, tables, report, "opportunities").empty
+    assert validation_rejects(tables, report, "accounts").empty
+    assert validation_rejects(tables, report, "opportunities").empty
 
 
 @pytest.mark.parametrize(
