@@ -300,11 +300,20 @@ def config_from_env(
 
 
 def grade_for(probability: float, cuts: Mapping[str, float]) -> str:
-    """Map a win probability to a grade A-D using the configured lower bounds."""
+    """Map a win probability to a grade A-D using the configured lower bounds.
+
+    The grade is read off the score the user sees (`score_for`), so a deal shown as 20 is graded as
+    20 % even when its unrounded probability is 19.6 %: a score and a grade never disagree at a cut.
+    """
+    score = score_for(probability)
     for grade in ("A", "B", "C"):
-        if probability >= cuts[grade]:
+        if score >= cuts[grade] * 100 - _CUT_TOLERANCE:
             return grade
     return "D"
+
+
+# Cuts are probabilities: 0.29 * 100 is 28.999999999999996 in floating point, which must still admit 29.
+_CUT_TOLERANCE = 1e-9
 
 
 def risk_band_for(probability: float, cuts: Mapping[str, float]) -> str:

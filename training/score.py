@@ -71,12 +71,20 @@ class ScoreResult:
 
 
 def grade_of(probability: np.ndarray, cuts: Mapping[str, float]) -> np.ndarray:
-    """Grade A-D from win probabilities: A if p >= cuts['A'], B if >= cuts['B'], C if >= cuts['C'], else D."""
-    p = np.asarray(probability, dtype=float)
-    grades = np.full(p.shape, "D", dtype=object)
+    """Grade A-D from win probabilities, read off the 1-99 score shown beside it (as the API does).
+
+    A if the score >= 100 cuts['A'], B if >= 100 cuts['B'], C if >= 100 cuts['C'], else D; a deal
+    shown as 20 is graded as 20 % even when its unrounded probability is 19.6 %.
+    """
+    score = score_1_99(probability)
+    grades = np.full(score.shape, "D", dtype=object)
     for grade in ("C", "B", "A"):
-        grades[p >= float(cuts[grade])] = grade
+        grades[score >= float(cuts[grade]) * 100 - _CUT_TOLERANCE] = grade
     return grades
+
+
+# Cuts are probabilities: 0.29 * 100 is 28.999999999999996 in floating point, which must still admit 29.
+_CUT_TOLERANCE = 1e-9
 
 
 def risk_band_of(probability: np.ndarray, cuts: Mapping[str, float]) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,6 +54,29 @@ def test_config_from_env_overrides_and_validates() -> None:
     assert config_from_env({"REVCAST_SCORING_THREADS": "3"}).scoring_threads == 3
     with pytest.raises(ConfigError, match="scoring_threads must be >= 1"):
         config_from_env({"REVCAST_SCORING_THREADS": "0"})
+
+
+def test_grade_never_disagrees_with_the_score_shown_and_batch_agrees_with_api() -> None:
+    # A seller compares the 1-99 score with the grade: 0.196 shows as 20, so it is graded at the
+    # C cut of 0.2 like any other deal shown as 20 (graded D before, beside a 20).
+    from training.score import grade_of, score_1_99
+
+    cuts = {"A": 0.6, "B": 0.4, "C": 0.2}
+    assert score_for(0.196) == 20 and grade_for(0.196, cuts) == "C"
+    assert score_for(0.194) == 19 and grade_for(0.194, cuts) == "D"
+    probabilities = np.concatenate([np.linspace(0.0, 1.0, 2001), [0.195, 0.395, 0.595, 0.29, 0.57]])
+    for grid_cuts in (cuts, {"A": 0.57, "B": 0.29, "C": 0.07}):
+        batch_grades = grade_of(probabilities, grid_cuts)
+        batch_scores = score_1_99(probabilities)
+        api = [(score_for(p), grade_for(p, grid_cuts)) for p in probabilities.tolist()]
+        assert [s for s, _ in api] == batch_scores.tolist()
+        assert [g for _, g in api] == batch_grades.tolist()
+        by_score: dict[int, set[str]] = {}
+        for score, grade in api:
+            by_score.setdefault(score, set()).add(grade)
+        assert all(len(grades) == 1 for grades in by_score.values())
+        # 0.29 * 100 is 28.999999999999996: a deal shown as 29 still makes a 0.29 cut
+        assert grade_for(0.29, grid_cuts) == ("B" if grid_cuts["B"] == 0.29 else "C")
 
 
 def test_score_and_band_edges() -> None:
