@@ -20,7 +20,10 @@ environment (``OMP_NUM_THREADS``, default 1); all servers run from the start and
 on revcast and right after on mlflow, so that both see about the same machine load (the 1-minute load
 average is recorded per cell); the configuration is printed with the results. The comparison is not like for like in revcast's disfavour: the revcast API
 receives raw CRM records and computes features (DuckDB), the win *and* amount predictions and the
-explanations; the MLflow server receives ready features and predicts one model.
+explanations; the MLflow server receives ready features and predicts one model. By default the service
+reads the benchmark's CRM (``REVCAST_DATA_DIR``), so deals get the CRM's track records as batch scoring
+gives them (serving.track_records), and mlflow gets those same feature rows; ``--without-dataset``
+measures the service on the records alone.
 
 Usage: ``.venv/bin/python benchmarks/serving.py [--requests 200] [--max-seconds 30] [--workers 1] [--out results.json]``
 """
@@ -130,6 +133,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here.")
     parser.add_argument("--skip-mlflow-serve", action="store_true")
+    parser.add_argument(
+        "--without-dataset",
+        action="store_true",
+        help="Serve without REVCAST_DATA_DIR: deals get no track records from the CRM (the default "
+        "gives the service the benchmark's CRM, as a deployment that scores like the batch path).",
+    )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     # Both servers get the same environment: one OpenMP thread per LightGBM call (revcast's default);
@@ -148,16 +157,24 @@ def main() -> None:
             "load_average_at_start": list(os.getloadavg()),
             "revcast": "bentoml serve serving.service:RevcastService (REVCAST_WORKERS)",
             "mlflow": "mlflow models serve --env-manager local -w <workers> (same registered bundles)",
+            "revcast_dataset": not args.without_dataset,
         },
     }
     print("configuration:", json.dumps(results["configuration"]), flush=True)
 
     from features.account import build_account_features
     from features.data import load_tables
-    from features.opportunity import build_opportunity_features
     from serving.config import config_from_env
+    from serving.forecast import forecast_data_range
     from serving.requests import prepare_accounts, prepare_opportunities
-    from serving.service import LoadedModel, ModelSet, score_accounts, score_opportunities
+    from serving.service import (
+        LoadedModel,
+        ModelSet,
+        opportunity_feature_frame,
+        score_accounts,
+        score_opportunities,
+    )
+    from serving.track_records import TrackRecordSource
     from tests.servers import start_mlflow_server, stop
     from tests.serving.conftest import start_service
     from tests.serving.crm import EXPORT, account_records, opportunity_records, write_crm_csv
@@ -174,9 +191,13 @@ def main() -> None:
         bundles = {kind: train_bundle(kind, frames, n_trees=100) for kind in ("win", "amount", "churn")}
         uri = mlflow_server.wait_ready()
         versions = {kind: register_bundle(bundle, kind, uri) for kind, bundle in bundles.items()}
-        server = start_service(
-            {"MLFLOW_TRACKING_URI": uri, "REVCAST_WORKERS": str(args.workers), **server_env}, workdir
-        )
+        service_env = {"MLFLOW_TRACKING_URI": uri, "REVCAST_WORKERS": str(args.workers), **server_env}
+        track_records = None
+        if not args.without_dataset:
+            # Deals read their track records from the CRM, as `revcast score` does (serving.track_records).
+            service_env["REVCAST_DATA_DIR"] = str(workdir / "crm")
+            track_records = TrackRecordSource(tables, forecast_data_range(tables)[1])
+        server = start_service(service_env, workdir)
         processes.append(server.process)
 
         opps = tables["opportunities"]
@@ -207,7 +228,7 @@ def main() -> None:
         def features_of(endpoint: str, payload: dict[str, Any]) -> pd.DataFrame:
             if endpoint == "opportunities":
                 batch = prepare_opportunities(payload[endpoint], EXPORT)
-                features = build_opportunity_features(batch.tables, EXPORT, current_state_as_of=EXPORT)
+                features = opportunity_feature_frame(batch, track_records).reset_index(drop=True)
             else:
                 batch = prepare_accounts(payload[endpoint], EXPORT)
                 features = build_account_features(batch.tables, EXPORT)
@@ -231,7 +252,7 @@ def main() -> None:
         )
         scorers = {
             "opportunities": lambda payload: score_opportunities(
-                models, prepare_opportunities(payload["opportunities"], EXPORT), config
+                models, prepare_opportunities(payload["opportunities"], EXPORT), config, False, track_records
             ),
             "accounts": lambda payload: score_accounts(
                 models, prepare_accounts(payload["accounts"], EXPORT), config

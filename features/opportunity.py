@@ -200,22 +200,21 @@ def _smoothed(alias: str, strength: float) -> str:
     )
 
 
-def opportunity_query(params: FeatureParams, closed_deals: bool = True) -> str:
-    """The SQL text computing opportunity features for every (open deal, as_of) pair.
+# The track-record relations `opportunity_query` joins, with the opps column each is keyed by.
+TRACK_RECORD_KEYS = {
+    "glob_tr": None,
+    "rep_tr": "owner_id",
+    "acct_tr": "account_id",
+    "prod_tr": "product",
+    "src_tr": "lead_source",
+}
+# Deals of the CRM open at as_of that a context-scored build does not hold itself (open counts).
+CONTEXT_OPEN_DEALS = "ctx_open"
 
-    Expects registered relations: opps, hist, acts, accts, dates, stage_order.
 
-    Args:
-        params: Feature parameters.
-        closed_deals: False when `opps` holds no deal closed as won or lost (always so for the API's
-            records, which are open deals): the track records then read an empty set, and the text
-            states their values (no closes: counts 0, rates unknown) instead of computing them from
-            no rows. Binding the fifteen track-record CTEs is about half of a one-record build.
-    """
-    smoothing = params.smoothing
-    reply_prior = reply_rate_prior(params)
-    if closed_deals:
-        track_record_ctes = f"""
+def _track_record_ctes() -> str:
+    """The CTEs `closed` and the five track records (TRACK_RECORD_KEYS), over the deals in `opps`."""
+    return f"""
 closed AS (
     SELECT owner_id, account_id, product, lead_source, closed_at, outcome, won_amount
     FROM opps WHERE closed_at IS NOT NULL AND outcome IN ('won', 'lost')
@@ -225,6 +224,30 @@ closed AS (
 {_track_record_sql("account_id", "acct_tr")},
 {_track_record_sql("product", "prod_tr")},
 {_track_record_sql("lead_source", "src_tr")},"""
+
+
+def opportunity_query(params: FeatureParams, closed_deals: bool = True, context: bool = False) -> str:
+    """The SQL text computing opportunity features for every (open deal, as_of) pair.
+
+    Expects registered relations: opps, hist, acts, accts, dates, stage_order (and with `context`,
+    the five TRACK_RECORD_KEYS relations and CONTEXT_OPEN_DEALS, see `track_record_context`).
+
+    Args:
+        params: Feature parameters.
+        closed_deals: False when `opps` holds no deal closed as won or lost (always so for the API's
+            records, which are open deals): the track records then read an empty set, and the text
+            states their values (no closes: counts 0, rates unknown) instead of computing them from
+            no rows. Binding the fifteen track-record CTEs is about half of a one-record build.
+        context: The deals in `opps` come without the rest of their CRM (the API's records), and
+            the CRM's track records and other open deals are registered relations computed from a
+            dataset by `track_record_context` (with these same CTEs): the joins and columns below
+            read them instead of the CTEs, and the open counts add the CRM's other open deals.
+            Ignores `closed_deals` (deals closed in `opps` are the dataset's business then).
+    """
+    smoothing = params.smoothing
+    reply_prior = reply_rate_prior(params)
+    if closed_deals or context:
+        track_record_ctes = "" if context else _track_record_ctes()
         track_record_joins = """
 LEFT JOIN glob_tr gall ON gall.as_of = p.as_of
 LEFT JOIN rep_tr rep ON rep.k = p.owner_id AND rep.as_of = p.as_of
@@ -256,6 +279,10 @@ LEFT JOIN src_tr src ON src.k = p.lead_source AND src.as_of = p.as_of"""
        CASE WHEN p.account_id IS NOT NULL THEN 0 END AS acct_won_deals_prior,
        CASE WHEN p.account_id IS NOT NULL THEN CAST(0 AS DOUBLE) END AS acct_won_amount_prior,
        CAST(NULL AS DOUBLE) AS acct_win_rate_closed,"""
+    open_deals = "pop"
+    if context:
+        open_deals = f"""(SELECT opportunity_id, owner_id, account_id, as_of FROM pop
+          UNION ALL SELECT opportunity_id, owner_id, account_id, as_of FROM {CONTEXT_OPEN_DEALS})"""
     return f"""
 WITH
 pop AS (
@@ -341,7 +368,7 @@ open_counts AS (
     SELECT opportunity_id, as_of,
            CASE WHEN owner_id IS NOT NULL THEN COUNT(*) OVER (PARTITION BY owner_id, as_of) END AS rep_open_deals,
            CASE WHEN account_id IS NOT NULL THEN COUNT(*) OVER (PARTITION BY account_id, as_of) END AS acct_open_deals
-    FROM pop
+    FROM {open_deals}
 )
 SELECT p.opportunity_id, p.account_id, p.owner_id, p.as_of,
        s.opp_stage, p.type AS opp_type, p.product AS opp_product, p.lead_source AS opp_lead_source,
@@ -398,6 +425,7 @@ def build_opportunity_features(
     params: FeatureParams | None = None,
     *,
     current_state_as_of: dt.date | dt.datetime | str | pd.Timestamp | None = None,
+    context: dict[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Features of every deal open at each as-of date, from data visible at that date only.
 
@@ -409,6 +437,9 @@ def build_opportunity_features(
         current_state_as_of: When given, the opportunities table's current stage, amount and
             expected close date count as a history row dated this timestamp (only for as-of dates
             on or after it). Batch scoring of "now" passes the export date; training leaves it None.
+        context: For deals that come without the rest of their CRM (API records): the CRM's track
+            records and other open deals as of the (one) as_of, `track_record_context_for` of a
+            `track_record_context`; the track-record features then read it instead of `tables`.
 
     Returns:
         One row per (opportunity_id, as_of) for deals open at as_of (created_at <= as_of and not
@@ -420,8 +451,13 @@ def build_opportunity_features(
     if "opportunities" not in tables:
         raise KeyError("build_opportunity_features needs the 'opportunities' table")
     frames = opportunity_frames(tables, as_of, params, current_state_as_of=current_state_as_of)
+    if context is not None:
+        if len(frames["dates"]) != 1:
+            raise ValueError("build_opportunity_features: a track-record context is for one as_of date")
+        frames = {**frames, **context}
+    query = opportunity_query(params, has_closed_deals(frames["opps"]), context=context is not None)
     with registered(frames) as con:
-        result = con.execute(opportunity_query(params, has_closed_deals(frames["opps"])))
+        result = con.execute(query)
         columns = fetch_canonical(result, STRING_OUTPUT)
     # The dates table's helper columns (as_of windows) are never features.
     columns = {k: v for k, v in columns.items() if not (k.startswith("start_") or k == "prev_as_of")}
@@ -430,6 +466,97 @@ def build_opportunity_features(
         if _is_activity_count(name):
             columns[name] = np.where(np.isnan(values), 0.0, values)
     return canonical_frame(columns)
+
+
+def track_record_context(
+    tables: dict[str, pd.DataFrame], as_of: dt.date | dt.datetime | str | pd.Timestamp
+) -> dict[str, pd.DataFrame]:
+    """The CRM's track records and open deals as of one date, for deals scored without their CRM.
+
+    An API request carries a deal or a few, not the CRM's closed deals: its rep, account, product
+    and lead-source track records and the rep's and account's open-deal counts are facts about the
+    rest of the CRM. This computes them from a dataset with the same SQL the batch build runs
+    (`_track_record_ctes`, and `pop`'s definition of an open deal), so that
+    `build_opportunity_features(request_tables, as_of, context=track_record_context_for(...))` gives
+    a deal the features the batch build gives it over the whole dataset.
+
+    Args:
+        tables: Canonical tables of the CRM (needs `opportunities`).
+        as_of: The one as-of date: only deals closed at or before it count, and deals open at it.
+
+    Returns:
+        Relation name -> frame: the TRACK_RECORD_KEYS relations (k, as_of, n_closed, n_won,
+        won_amount; every key of the dataset) and CONTEXT_OPEN_DEALS (opportunity_id, owner_id,
+        account_id, as_of: deals open at as_of).
+    """
+    stamps = to_timestamps(as_of)
+    if len(stamps) != 1:
+        raise ValueError("track_record_context: one as_of date")
+    frames = {
+        "opps": shaped_table(tables, "opportunities", OPPORTUNITY_COLUMNS),
+        "dates": dates_frame(stamps),
+    }
+    # Every key of a deal created by as_of is looked up (a request may name any rep, account,
+    # product or source); a key the context lacks has no closes, which the joins read as such.
+    keys = """
+pop AS (
+    SELECT DISTINCT o.owner_id, o.account_id, o.product, o.lead_source, d.as_of
+    FROM opps o JOIN dates d ON o.created_at <= d.as_of
+),"""
+    track_query = (
+        "WITH"
+        + keys
+        + _track_record_ctes().rstrip(",")
+        + "\n"
+        + "\nUNION ALL\n".join(
+            f"SELECT '{relation}' AS relation, k, as_of, CAST(n_closed AS DOUBLE) AS n_closed,"
+            f" CAST(n_won AS DOUBLE) AS n_won, CAST(won_amount AS DOUBLE) AS won_amount FROM {relation}"
+            for relation in TRACK_RECORD_KEYS
+        )
+    )
+    open_query = """
+SELECT o.opportunity_id, o.owner_id, o.account_id, d.as_of
+FROM opps o JOIN dates d ON o.created_at <= d.as_of AND (o.closed_at IS NULL OR o.closed_at > d.as_of)
+"""
+    with registered(frames) as con:
+        track = con.execute(track_query).df()
+        open_deals = con.execute(open_query).df()
+    context = {
+        relation: track.loc[
+            track["relation"] == relation, ["k", "as_of", "n_closed", "n_won", "won_amount"]
+        ].reset_index(drop=True)
+        for relation in TRACK_RECORD_KEYS
+    }
+    context[CONTEXT_OPEN_DEALS] = open_deals
+    return context
+
+
+def track_record_context_for(context: dict[str, pd.DataFrame], opps: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """`track_record_context` cut to what the deals `opps` look up, for their feature build.
+
+    Args:
+        context: `track_record_context` of the CRM (its as_of must be the build's).
+        opps: The deals of the build (canonical opportunities: owner_id, account_id, product,
+            lead_source, opportunity_id), with ids as the CRM's.
+
+    Returns:
+        The relations `opportunity_query(..., context=True)` reads: the track records of the deals'
+        keys (the global one whole) and the CRM's other deals open at as_of of the same reps or
+        accounts (the build's own deals are counted from the build, in their request's state).
+    """
+    shaped = shaped_table({"opportunities": opps}, "opportunities", OPPORTUNITY_COLUMNS)
+    out = {"glob_tr": context["glob_tr"]}
+    for relation, column in TRACK_RECORD_KEYS.items():
+        if column is not None:
+            table = context[relation]
+            out[relation] = table[table["k"].isin(shaped[column].dropna())].reset_index(drop=True)
+    open_deals = context[CONTEXT_OPEN_DEALS]
+    same_rep_or_account = open_deals["owner_id"].isin(shaped["owner_id"].dropna()) | open_deals[
+        "account_id"
+    ].isin(shaped["account_id"].dropna())
+    others = ~open_deals["opportunity_id"].isin(shaped["opportunity_id"])
+    out[CONTEXT_OPEN_DEALS] = open_deals[same_rep_or_account & others].reset_index(drop=True)
+    return out
 
 
 def opportunity_frames(

@@ -114,7 +114,13 @@ def merge_batches(batches: Sequence[PreparedBatch], n_records: Sequence[int]) ->
         for caller_id, item in batch.values.items()
     }
     merged = PreparedBatch(
-        tables=build_tables(rows), accepted=accepted, rejected=[], as_of=as_of, values=values, rows=rows
+        tables=build_tables(rows),
+        accepted=accepted,
+        rejected=[],
+        as_of=as_of,
+        values=values,
+        rows=rows,
+        namespaced=True,
     )
     return MergedBatch(batch=merged, offsets=offsets, sources=list(batches))
 

@@ -85,6 +85,8 @@ class PreparedBatch:
             (``amount`` of a deal, ``arr`` of an account).
         rows: The table rows the tables are built from (``build_tables``); kept so that several
             requests' rows can be merged before any frame is built (serving.coalesce).
+        namespaced: Several requests merged into one build: every ``*_id`` value is prefixed by its
+            request (serving.coalesce).
     """
 
     tables: Tables
@@ -93,6 +95,7 @@ class PreparedBatch:
     as_of: pd.Timestamp
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    namespaced: bool = False
 
     def reject(self, index: int, caller_id: str, id_field: str, errors: list[str]) -> None:
         """Move an accepted record to ``rejected`` (e.g. when the feature builder returns no row for it)."""

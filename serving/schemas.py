@@ -294,6 +294,16 @@ class OpportunityScoreResponse(BaseModel):
         description="Version of the amount model, null when none is served."
     )
     as_of: datetime
+    track_records: str | None = Field(
+        default=None,
+        description=(
+            "Where the deals' rep, account, product and lead-source track records and the rep's and "
+            "account's open-deal counts came from: 'dataset@<latest timestamp>' (the service's "
+            "REVCAST_DATA_DIR, as of as_of, or as of its end for a later as_of), or null without a "
+            "dataset (the records alone: those features are then missing and scores differ from "
+            "batch scores)."
+        ),
+    )
     results: list[OpportunityScore]
     rejected: list[RejectedOpportunity]
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import bentoml
 import numpy as np
@@ -69,6 +69,9 @@ from serving.schemas import (
     OpportunityScoreResponse,
 )
 from serving.ui import ui_app
+
+if TYPE_CHECKING:
+    from serving.track_records import TrackRecordSource
 
 logger = logging.getLogger("revcast.api")
 
@@ -222,17 +225,24 @@ def feature_params() -> Any:
     return load_params()
 
 
-def opportunity_feature_frame(batch: PreparedBatch) -> pd.DataFrame:
+def opportunity_feature_frame(
+    batch: PreparedBatch, track_records: TrackRecordSource | None = None
+) -> pd.DataFrame:
     """Features of the accepted deals, computed by the batch path's builder; unscorable deals rejected.
 
-    The records' current state counts as history as of the request's as_of.
+    The records' current state counts as history as of the request's as_of. With ``track_records``
+    the deals' rep, account, product and lead-source track records and open-deal counts come from
+    that dataset as of the request's as_of (serving.track_records), as in a batch build over it.
     """
     from features.opportunity import build_opportunity_features
 
     if not batch.accepted:
         return pd.DataFrame()
+    context = None
+    if track_records is not None:
+        context = track_records.frames_for(batch.tables["opportunities"], batch.as_of, batch.namespaced)
     features = build_opportunity_features(
-        batch.tables, batch.as_of, feature_params(), current_state_as_of=batch.as_of
+        batch.tables, batch.as_of, feature_params(), current_state_as_of=batch.as_of, context=context
     )
     scored = set(features["opportunity_id"])
     for index, opp_id in list(batch.accepted):
@@ -347,7 +357,11 @@ def _feature_values(frame: pd.DataFrame, names: list[str]) -> list[dict[str, Any
 
 
 def score_opportunities(
-    models: ModelSet, batch: PreparedBatch, config: ServiceConfig, include_features: bool = False
+    models: ModelSet,
+    batch: PreparedBatch,
+    config: ServiceConfig,
+    include_features: bool = False,
+    track_records: TrackRecordSource | None = None,
 ) -> dict[str, Any]:
     """Score the accepted deals of a batch (the body of the ``/v1/opportunities/score`` answer).
 
@@ -356,13 +370,15 @@ def score_opportunities(
         batch: Prepared request records.
         config: Grade cut points and number of factors.
         include_features: Add each deal's model input features (for parity checks and debugging).
+        track_records: The dataset the deals' track records come from; None: the records alone
+            (no closed deals: those features are missing).
 
     Returns:
         The response body as a dict (``OpportunityScoreResponse`` shape).
     """
     win = models.models["win"]
     amount_model = models.models.get("amount")
-    features = opportunity_feature_frame(batch)
+    features = opportunity_feature_frame(batch, track_records)
     results: list[dict[str, Any]] = []
     if batch.accepted:
         ids = [opp_id for _, opp_id in batch.accepted]
@@ -403,6 +419,7 @@ def score_opportunities(
         "model_version": win.version,
         "amount_model_version": amount_model.version if amount_model is not None else None,
         "as_of": batch.as_of.isoformat(),
+        "track_records": None if track_records is None else track_records.label,
         "results": results,
         "rejected": batch.rejected,
     }
@@ -646,6 +663,8 @@ class RevcastService:
         self._reload_lock = threading.Lock()
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
+        # Track records of deals scored through the API, from the same dataset (serving.track_records).
+        self._track_record_source: TrackRecordSource | None = None
         self._start_up_done = False  # models and the forecast dataset have been read (see __is_ready__)
         # (first deal created, latest timestamp) of the forecast dataset: the as_of values it can answer.
         self._forecast_range: tuple[pd.Timestamp, pd.Timestamp] | None = None
@@ -696,11 +715,15 @@ class RevcastService:
             try:
                 from features.data import load_tables
                 from serving.forecast import forecast_data_range
+                from serving.track_records import TrackRecordSource
 
                 tables, _report = load_tables(self.config.data_dir)
                 # Range first: the endpoint reads the tables as the sign that both are set.
                 self._forecast_range = forecast_data_range(tables)
                 self._forecast_tables = tables
+                source = TrackRecordSource(tables, self._forecast_range[1])
+                source.context(self._forecast_range[1])  # the date requests without as_of read
+                self._track_record_source = source
             except Exception as exc:  # the forecast answers 503 with this reason
                 self._forecast_error = f"{type(exc).__name__}: {exc}"
         freeze_long_lived_objects()
@@ -742,6 +765,10 @@ class RevcastService:
         if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise ApiError(401, "wrong bearer token")
 
+    def _track_records(self) -> TrackRecordSource | None:
+        """The dataset deals' track records come from, once start-up has read it (None: no dataset)."""
+        return self._track_record_source
+
     def _models_for(self, kinds: tuple[str, ...]) -> ModelSet:
         models = self.models  # the whole request uses this one set, even if a reload swaps it meanwhile
         if not models.warmed:
@@ -767,6 +794,12 @@ class RevcastService:
             self._check_token(credentials)
             kind = "win" if endpoint == "opportunities" else "churn"
             models = self._models_for((kind,))
+            if endpoint == "opportunities" and self.config.data_dir is not None and not self._start_up_done:
+                # Scored now, the deals would miss the dataset's track records and get other scores
+                # than a moment later.
+                raise ApiError(
+                    503, "the dataset (REVCAST_DATA_DIR) is still loading; retry when /readyz answers 200"
+                )
             payload = await _read_json_body(request, self.config.max_body_bytes)
             as_of, records = parse_envelope(payload, endpoint, self.config.max_records)
             log["n_records"] = len(records)
@@ -774,7 +807,15 @@ class RevcastService:
             # scored in one build share: a CRM that leaves as_of out still gets its concurrent calls
             # merged (an arrival time each, to the microsecond, would never match another's).
             explicit_as_of = as_of if payload.get("as_of") is not None else None
-            job = ScoringRequest(endpoint, models, records, explicit_as_of, self.config, include_features)
+            job = ScoringRequest(
+                endpoint,
+                models,
+                records,
+                explicit_as_of,
+                self.config,
+                include_features,
+                self._track_records(),
+            )
             large = 0 < self.config.large_request_records <= len(records)
             lane = self._large_requests if large else self._coalescer
             log["lane"] = "large" if large else "small"
@@ -996,6 +1037,7 @@ class ScoringRequest:
         as_of: The timestamp they are scored as of; None: the time they are scored (the build's start).
         config: Service settings (grade cuts, number of factors).
         include_features: Return each record's model features too.
+        track_records: The dataset deals' track records are read from (None: no dataset).
     """
 
     endpoint: Literal["opportunities", "accounts"]
@@ -1004,10 +1046,18 @@ class ScoringRequest:
     as_of: pd.Timestamp | None
     config: ServiceConfig
     include_features: bool
+    track_records: TrackRecordSource | None = None
 
     def merge_key(self) -> tuple[Any, ...]:
         """Requests are scored in one build only when these are equal (the model set by identity)."""
-        return (self.endpoint, id(self.models), self.as_of, self.include_features, id(self.config))
+        return (
+            self.endpoint,
+            id(self.models),
+            self.as_of,
+            self.include_features,
+            id(self.config),
+            id(self.track_records),
+        )
 
 
 _SCORERS: dict[str, tuple[Callable[..., PreparedBatch], Callable[..., dict[str, Any]], str]] = {
@@ -1034,6 +1084,7 @@ def score_request_jobs(jobs: list[ScoringJob]) -> list[dict[str, Any]]:
     prepare, score, id_field = _SCORERS[first.endpoint]
     if first.endpoint == "opportunities":  # the configured closed-stage vocabulary (serving.yaml)
         prepare = functools.partial(prepare, closed_stages=first.config.closed_stages)
+        score = functools.partial(score, track_records=first.track_records)
     # Equal merge keys: either every request names the same as_of or none does (then: now, once).
     as_of = first.as_of if first.as_of is not None else to_timestamp(datetime.now(UTC))
     if len(requests) == 1:

@@ -121,6 +121,13 @@ def cmd_serve(host: str, port: int) -> None:
             f" (REVCAST_MODEL_ALIAS) or leave {kind} out of readiness (REVCAST_REQUIRED_MODELS)",
             err=True,
         )
+    if not env.get("REVCAST_DATA_DIR"):
+        typer.echo(
+            "note: REVCAST_DATA_DIR is not set: deals are scored from the request's records alone, without"
+            " the CRM's rep, account, product and lead-source track records (their scores differ from"
+            " `revcast score`'s), and /v1/forecast and /ui are off; set it to the CRM export's directory",
+            err=True,
+        )
     # The command becomes the server (exec, not a child process): a process manager's SIGTERM or a
     # Ctrl-C then reaches BentoML itself, which shuts its workers down; a parent left in between
     # would die and leave them serving.

@@ -106,7 +106,10 @@ def cmd_quickstart(workdir: Path, accounts: int, seed: int, serve_after: bool) -
     typer.echo(f"   scores:   {scores_dir}")
     typer.echo(f"   tracking: {tracking_uri()}")
     typer.echo(f"   MLflow UI: mlflow ui --backend-store-uri {tracking_uri()}")
-    typer.echo("   service:   revcast serve   (REVCAST_API_TOKEN=... for the prediction endpoints)")
+    typer.echo(
+        f"   service:   REVCAST_DATA_DIR={data_dir} revcast serve   (REVCAST_API_TOKEN=... for the"
+        " prediction endpoints; the dataset gives API deal scores the CRM's track records, /v1/forecast and /ui)"
+    )
     from serving.config import config_from_env
     from training.cmd_serve import models_without_alias
 
@@ -120,4 +123,5 @@ def cmd_quickstart(workdir: Path, accounts: int, seed: int, serve_after: bool) -
     if serve_after:
         from training.cmd_serve import cmd_serve
 
+        os.environ.setdefault("REVCAST_DATA_DIR", str(data_dir))
         cmd_serve(host="127.0.0.1", port=3000)

@@ -14,6 +14,7 @@ from serving.coalesce import RequestCoalescer, ScoringJob, merge_batches, split_
 from serving.config import config_from_env
 from serving.requests import prepare_accounts
 from serving.service import LoadedModel, ModelSet, ScoringRequest, score_request_jobs
+from serving.track_records import TrackRecordSource
 from tests.serving.crm import EXPORT, account_records, opportunity_records
 
 
@@ -81,8 +82,14 @@ def _renamed(records: list[dict], opportunity_ids: list[str], account_ids: list[
     return out
 
 
-def test_merged_opportunity_requests_equal_separate_ones(crm_tables: dict, models: ModelSet) -> None:
+@pytest.mark.parametrize("with_dataset", [False, True], ids=["records-only", "dataset-track-records"])
+def test_merged_opportunity_requests_equal_separate_ones(
+    crm_tables: dict, models: ModelSet, with_dataset: bool
+) -> None:
+    # With a dataset, each request's deals read the CRM's track records and other open deals under
+    # their own request's ids (a merged build prefixes ids per request).
     tables = crm_tables["tables"]
+    track_records = TrackRecordSource(tables, EXPORT) if with_dataset else None
     opps = tables["opportunities"]
     open_ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].tolist()
     assert len(open_ids) >= 16
@@ -97,7 +104,7 @@ def test_merged_opportunity_requests_equal_separate_ones(crm_tables: dict, model
     invalid[0]["created_at"] = "2099-01-01T00:00:00"
     config = config_from_env({})
     requests = [
-        ScoringRequest("opportunities", models, records, EXPORT, config, True)
+        ScoringRequest("opportunities", models, records, EXPORT, config, True, track_records)
         for records in (first, colliding, invalid, opportunity_records(tables, open_ids[12:16], EXPORT))
     ]
     merged = score_request_jobs(_jobs(requests))
@@ -107,6 +114,11 @@ def test_merged_opportunity_requests_equal_separate_ones(crm_tables: dict, model
     # The collision is real: the same ids score differently in the two requests.
     assert merged[0]["results"][0]["opportunity_id"] == merged[1]["results"][0]["opportunity_id"]
     assert merged[0]["results"][0]["features"] != merged[1]["results"][0]["features"]
+    if with_dataset:
+        assert all(body["track_records"] == track_records.label for body in merged)
+        # the CRM's other open deals of the rep count in every request (not only the request's own)
+        assert merged[3]["results"][0]["features"]["rep_open_deals"] > 1
+        assert merged[3]["results"][0]["features"]["rep_closed_deals_prior"] > 0
 
 
 def test_merged_account_requests_equal_separate_ones(crm_tables: dict, models: ModelSet) -> None:

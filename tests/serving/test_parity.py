@@ -37,6 +37,9 @@ def _compare_features(api_results: list[dict], batch: pd.DataFrame, id_column: s
 
 
 def test_opportunity_features_and_scores_match_the_batch_path(client, service, registry, crm_tables) -> None:
+    # The service reads the same CRM (REVCAST_DATA_DIR): a deal sent as the CRM holds it gets the
+    # features and score `revcast score opportunities` gives it over the whole CRM, track records
+    # (rep, account, product, lead source) and the rep's and account's open deals included.
     tables = crm_tables["tables"]
     opps = tables["opportunities"]
     ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].head(40).tolist()
@@ -52,35 +55,47 @@ def test_opportunity_features_and_scores_match_the_batch_path(client, service, r
     body = response.json()
     assert body["rejected"] == []
     assert [r["opportunity_id"] for r in body["results"]] == ids
+    assert body["track_records"].startswith("dataset@")
 
-    # The batch path on the same facts: the loaded tables restricted to these deals, up to as_of.
-    history = tables["opportunity_history"]
-    activities = tables["activities"]
-    subset = {
-        "opportunities": opps[opps["opportunity_id"].isin(ids)],
-        "accounts": tables["accounts"][
-            tables["accounts"]["account_id"].isin(opps.loc[opps["opportunity_id"].isin(ids), "account_id"])
-        ],
-        "opportunity_history": history[
-            history["opportunity_id"].isin(ids) & (history["changed_at"] <= EXPORT)
-        ],
-        "activities": activities[
-            activities["opportunity_id"].isin(ids) & (activities["occurred_at"] <= EXPORT)
-        ],
-    }
-    batch = build_opportunity_features(subset, EXPORT, current_state_as_of=EXPORT)
+    batch = build_opportunity_features(tables, EXPORT, current_state_as_of=EXPORT)
     win = registry.bundles["win"]
     _compare_features(body["results"], batch, "opportunity_id", win.feature_names)
+    # The comparison covers what only the rest of the CRM knows: not every deal is its rep's only one.
+    compared = batch.set_index("opportunity_id").loc[ids]
+    assert compared["rep_open_deals"].max() > 1 and compared["rep_closed_deals_prior"].max() > 0
+    assert compared["rep_win_rate_closed"].notna().all()
 
-    batch = batch.set_index("opportunity_id").loc[ids]
-    expected_p = win.predict(batch)
-    expected_amount = np.clip(registry.bundles["amount"].predict(batch), 0, None)
+    expected_p = win.predict(compared)
+    expected_amount = np.clip(registry.bundles["amount"].predict(compared), 0, None)
     api_p = np.array([r["win_probability"] for r in body["results"]])
     api_amount = np.array([r["expected_amount"] for r in body["results"]])
     np.testing.assert_allclose(api_p, expected_p, atol=1e-6)
     np.testing.assert_allclose(api_amount, expected_amount, atol=0.01)
     # Not a constant model: the parity above would be weak if every deal got the same score.
     assert np.ptp(api_p) > 0
+
+
+def test_one_deal_requests_match_the_batch_path_too(client, service, registry, crm_tables) -> None:
+    # A CRM asks about one deal at a time: the deal's rep's other open deals come from the dataset.
+    tables = crm_tables["tables"]
+    opps = tables["opportunities"]
+    ids = opps[(opps["created_at"] <= EXPORT) & opps["closed_at"].isna()]["opportunity_id"].head(8).tolist()
+    batch = build_opportunity_features(tables, EXPORT, current_state_as_of=EXPORT).set_index("opportunity_id")
+    expected = registry.bundles["win"].predict(batch.loc[ids])
+    for opp_id, p in zip(ids, expected, strict=True):
+        response = client.post(
+            "/v1/opportunities/score",
+            params={"include_features": "true"},
+            json={
+                "as_of": EXPORT.date().isoformat(),
+                "opportunities": opportunity_records(tables, [opp_id], EXPORT),
+            },
+            headers=service.headers(),
+        )
+        assert response.status_code == 200, response.text
+        result = response.json()["results"][0]
+        assert result["features"]["rep_open_deals"] == batch.loc[opp_id, "rep_open_deals"]
+        assert math.isclose(result["win_probability"], float(p), abs_tol=1e-6), (opp_id, result, p)
 
 
 # Renewal features need deals open or just decided at as_of: few remain open at the export date of
