@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +30,45 @@ def serve_command(host: str, port: int) -> list[str]:
         "--port",
         str(port),
     ]
+
+
+def instance_home(host: str, port: int, env: Mapping[str, str]) -> Path:
+    """BentoML's home directory for the server listening on ``host:port``.
+
+    BentoML keeps the Prometheus files that ``/metrics`` reads in
+    ``$BENTOML_HOME/prometheus_multiproc_dir`` (it overrides ``PROMETHEUS_MULTIPROC_DIR`` with that)
+    and empties the directory when a server starts, so two services sharing a home would wipe and
+    mix each other's metrics. Each address gets a home of its own, under the operator's ``BENTOML_HOME`` (``~/bentoml`` by
+    default): only one server can listen on an address at a time (``cmd_serve`` refuses a busy one),
+    and a restart on the same address reuses, and so cleans, the previous run's files instead of
+    leaving them behind.
+
+    Args:
+        host: Interface the server binds.
+        port: TCP port.
+        env: The server's environment (``BENTOML_HOME`` is read).
+
+    Returns:
+        ``<BENTOML_HOME>/revcast-serve/<host>-<port>`` (not created here).
+    """
+    base = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser().resolve()
+    # IPv6 addresses and host names become one safe path component.
+    address = re.sub(r"[^A-Za-z0-9._-]", "_", host)
+    return base / "revcast-serve" / f"{address}-{port}"
+
+
+def address_in_use(host: str, port: int) -> bool:
+    """Whether a server already listens on ``host:port`` (the port is probed by binding it).
+
+    SO_REUSEADDR (``create_server``'s default on POSIX) lets the probe bind over connections left
+    in TIME_WAIT by a server that just stopped, so only a live listener counts as in use.
+    """
+    try:
+        with socket.create_server((host, port)):
+            return False
+    except OSError as exc:
+        # Any other reason (a privileged port, an address not on this host) is BentoML's to report.
+        return exc.errno == errno.EADDRINUSE
 
 
 def models_without_alias(
@@ -75,12 +117,17 @@ def cmd_serve(host: str, port: int) -> None:
     model that ``/readyz`` waits for but that has no version behind the served alias gets a warning
     saying what to do (quickstart leaves a model that is not ``ready`` without a champion).
 
+    BentoML gets a home directory of its own per address (``instance_home``), so that services on
+    one host keep their ``/metrics`` apart; an address already in use ends the command before
+    BentoML's start-up would empty the running server's metrics directory.
+
     Args:
         host: Interface to bind (``127.0.0.1`` by default; ``0.0.0.0`` exposes it on the network).
         port: TCP port.
 
     Raises:
-        ValueError: Bad port or configuration (the CLI prints the reason and exits non-zero).
+        ValueError: Bad port, busy address or bad configuration (the CLI prints the reason and exits
+            non-zero).
     """
     from serving.config import config_from_env
     from serving.registry import tracking_uri
@@ -101,6 +148,9 @@ def cmd_serve(host: str, port: int) -> None:
     # One OpenMP thread per LightGBM call (why: serving/service.py, RevcastService.__init__).
     env.setdefault("OMP_NUM_THREADS", "1")
     config = config_from_env(env)
+    if address_in_use(host, port):
+        raise ValueError(f"{host}:{port} is already in use (another revcast serve?); pick another --port")
+    env["BENTOML_HOME"] = str(instance_home(host, port, env))
     if generated_token:
         typer.echo(
             f"REVCAST_API_TOKEN was not set; this run's token is: {env['REVCAST_API_TOKEN']}", err=True
