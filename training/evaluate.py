@@ -459,9 +459,13 @@ def verdict(
 
     if kind == "classifier":
         if n_positive is not None and n_positive < rules.min_positive:
-            reasons.append(f"only {n_positive} positive training examples (< {rules.min_positive})")
+            reasons.append(
+                f"only {n_positive} positive training examples (won deals / churned accounts, < {rules.min_positive})"
+            )
         if n_negative is not None and n_negative < rules.min_negative:
-            reasons.append(f"only {n_negative} negative training examples (< {rules.min_negative})")
+            reasons.append(
+                f"only {n_negative} negative training examples (lost deals / retained accounts, < {rules.min_negative})"
+            )
     elif n_examples is not None and n_examples < rules.min_regression_examples:
         reasons.append(f"only {n_examples} training examples (< {rules.min_regression_examples})")
     if reasons:
