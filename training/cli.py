@@ -134,12 +134,22 @@ def train(
 def promote(
     model: Annotated[str, typer.Argument(help="win, amount, churn or churn-table (bring-your-own table)")],
     force: Annotated[bool, typer.Option(help="Promote even if the challenger does not win.")] = False,
-    reason: Annotated[str | None, typer.Option(help="Why (recorded as a tag with --force).")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Why (recorded as a tag; required with --force).")
+    ] = None,
 ) -> None:
-    """Make the challenger the champion when it beats the champion on the same test set."""
-    from training.cmd_model import cmd_promote
+    """Make the challenger the champion when it beats the champion on the same test set.
 
-    _run(cmd_promote, model=model, force=force, reason=reason)
+    Exit codes: 0 promoted (or already the champion), 1 refused by the rules (verdict not 'ready',
+    not shown better than the champion, no comparison possible), 2 bad input.
+    """
+    from training.cmd_model import cmd_promote, promotion_refusal
+
+    outcome = _run(cmd_promote, model=model, force=force, reason=reason)
+    refusal = promotion_refusal(outcome)
+    if refusal is not None:
+        # Scripts (CI, cron retrains) must see a refusal without parsing the output.
+        fail(refusal, code=1)
 
 
 # --------------------------------------------------------------------------- score / forecast

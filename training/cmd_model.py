@@ -153,7 +153,8 @@ def train_and_log(
         tune: Optuna trials (0 = none); trials are nested runs of a ``tune-<model>`` run.
         register: Register the model version with alias ``challenger``.
         n_rows_rejected: Rows the loader skipped.
-        params: Training configuration (default training/params.yaml).
+        params: Training configuration (default training/params.yaml, or the file named by
+            ``$REVCAST_TRAINING_PARAMS``).
         tracking_uri: MLflow URI (default ``training.tracking.tracking_uri()``).
         tags: Extra run tags.
 
@@ -163,15 +164,21 @@ def train_and_log(
     import mlflow
 
     from features.data import dataset_fingerprint
-    from training.tracking import _activate, experiment_for, log_training_run
-    from training.train import load_training_params, train_model
+    from features.params import DEFAULT_PARAMS_PATH
+    from training.tracking import _activate, experiment_for, git_tags, log_run_config, log_training_run
+    from training.train import TRAINING_PARAMS_PATH, load_training_params, train_model
     from training.tune import default_storage_path
 
+    # Which file the configuration came from, so a run can be traced back to it (the resolved
+    # values themselves are logged as config/training_params.yaml).
+    params_source = "caller" if params else os.environ.get(PARAMS_ENV) or str(TRAINING_PARAMS_PATH)
     params = params or load_training_params(os.environ.get(PARAMS_ENV) or None)
     uri = _activate(tracking_uri)
     fingerprint = dataset_fingerprint(tables)
     tune_context = {"data_fingerprint": fingerprint, "storage_path": default_storage_path()}
-    run_tags = dict(tags or {})
+    run_tags = {"revcast.training_params_source": params_source, **dict(tags or {})}
+    # train_model builds features with the packaged feature parameters (it is given none).
+    config = {"training_params": params, "feature_params_file": DEFAULT_PARAMS_PATH}
     kwargs = {
         "params": params,
         "truth": truth,
@@ -180,7 +187,8 @@ def train_and_log(
     }
     if tune > 0:
         with mlflow.start_run(experiment_id=experiment_for(model, uri), run_name=f"tune-{model}") as tune_run:
-            mlflow.set_tag("revcast.model", model)
+            mlflow.set_tags({"revcast.model": model, **git_tags()})
+            log_run_config(**config)
             result = train_model(model, tables, tune_trials=tune, **kwargs)
             mlflow.log_params({f"best.{k}": v for k, v in result.tuning["best_params"].items()})
             mlflow.log_dict(result.tuning, "study.json")
@@ -205,6 +213,7 @@ def train_and_log(
             register_model=register,
             run_name=f"train-{model}",
             tracking_uri=uri,
+            **config,
         )
     document = dict(logged.metrics_document)
     document["model_version"] = logged.version
@@ -292,13 +301,16 @@ def cmd_promote(model: str, force: bool, reason: str | None) -> dict[str, Any]:
     """`revcast promote`: compare challenger and champion on the challenger's test set; move the alias.
 
     Returns:
-        The promotion result as a dict.
+        The promotion result as a dict; ``refusals`` is non-empty when the rules refused (the
+        command line turns that into exit code 1, see ``promotion_refusal``).
     """
     from serving.registry import ModelNotFoundError
     from training.tracking import promote
 
     if model not in PROMOTABLE:
         raise _error(f"unknown model {model!r}: expected one of {', '.join(PROMOTABLE)}")
+    if force and not (reason and reason.strip()):
+        raise _error('--force needs --reason "..." (recorded on the version as promotion_reason)')
     try:
         evaluate_fn = None
         if model == "churn-table":
@@ -333,6 +345,17 @@ def cmd_promote(model: str, force: bool, reason: str | None) -> dict[str, Any]:
         f"decision: {decision}" + (" (forced)" if result.promoted and result.forced else ""), bold=True
     )
     return outcome
+
+
+def promotion_refusal(outcome: Mapping[str, Any]) -> str | None:
+    """One line saying why ``cmd_promote`` refused, or None when it promoted or had nothing to do.
+
+    A challenger that already is the champion is not a refusal: the state the caller asked for holds.
+    """
+    if outcome.get("promoted") or not outcome.get("refusals"):
+        return None
+    # One line even when a refusal quotes a multi-line exception (failed comparison).
+    return " ".join(("not promoted: " + "; ".join(outcome["refusals"])).split())
 
 
 def _write_frame(frame: pd.DataFrame, out: Path) -> None:

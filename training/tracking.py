@@ -5,8 +5,12 @@ One experiment per model (``revcast-win``, ``revcast-amount``, ``revcast-churn``
 the data fingerprint, every metric (baselines as ``baseline.<name>.<metric>``), the CONTRACT §2
 metrics JSON (``metrics.json``), plots, the out-of-time test set (``evaluation/test_set.parquet``
 with ids and labels, plus ``evaluation/test_set.json`` describing it) and the bundle as a
-models-from-code pyfunc model. The model version is registered as ``revcast-<model>`` with alias
-``challenger``; ``promote`` moves ``champion`` after a paired comparison on the challenger's test set.
+models-from-code pyfunc model. When given, the effective configuration is logged too: the resolved
+training parameters (``config/training_params.yaml`` and params ``config.<a.b>``) and the feature
+parameters file (``config/feature_params.yaml``); every run carries the tags ``git_commit`` and
+``git_dirty`` when the code runs from a git checkout. The model version is registered as
+``revcast-<model>`` with alias ``challenger``; ``promote`` moves ``champion`` after a paired
+comparison on the challenger's test set.
 
 Every function takes ``tracking_uri`` (default ``tracking_uri()``) and points the MLflow fluent API
 at it, so the CLI and tests can use separate stores.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +52,14 @@ PYFUNC_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
 METRICS_ARTIFACT = "metrics.json"
 TEST_SET_ARTIFACT = "evaluation/test_set.parquet"
 TEST_SPEC_ARTIFACT = "evaluation/test_set.json"
+TRAINING_PARAMS_ARTIFACT = "config/training_params.yaml"
+FEATURE_PARAMS_ARTIFACT = "config/feature_params.yaml"
+#: Prefix of the flattened training parameters among a run's params (``config.lightgbm.max_boost_rounds``).
+CONFIG_PARAM_PREFIX = "config"
+GIT_COMMIT_TAG = "git_commit"
+GIT_DIRTY_TAG = "git_dirty"
 _MAX_PARAM_LENGTH = 6000
+_GIT_TIMEOUT_S = 10
 
 
 def tracking_uri(cwd: str | Path | None = None) -> str:
@@ -131,6 +143,72 @@ def metrics_for_mlflow(document: Mapping[str, Any]) -> dict[str, float]:
             if (v := number(value)) is not None:
                 metrics[f"{metric}.{suffix}"] = v
     return metrics
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """Stdout of ``git <args>`` run in ``cwd``; None when git is missing, fails or hangs."""
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=_GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_tags(code_file: str | Path | None = None) -> dict[str, str]:
+    """``git_commit`` and ``git_dirty`` of the git checkout the code runs from; ``{}`` outside one.
+
+    The checkout counts only when it tracks ``code_file``: an installed copy of the package that
+    merely sits below some repository (e.g. a virtualenv inside one) is not that repository's code.
+    ``git_dirty`` is ``true`` when tracked files differ from the commit; untracked files (data,
+    ``mlflow.db``, outputs) do not count.
+
+    Args:
+        code_file: A source file of the code that runs (default: this module).
+
+    Returns:
+        ``{"git_commit": <sha>, "git_dirty": "true"|"false"}`` or ``{}``.
+    """
+    source = Path(code_file or __file__).resolve()
+    if _git(["ls-files", "--error-unmatch", "--", source.name], source.parent) is None:
+        return {}
+    commit = _git(["rev-parse", "HEAD"], source.parent)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], source.parent)
+    if not commit or status is None:
+        return {}
+    return {GIT_COMMIT_TAG: commit.strip(), GIT_DIRTY_TAG: str(bool(status.strip())).lower()}
+
+
+def log_run_config(
+    training_params: Mapping[str, Any] | None = None,
+    feature_params_file: str | Path | None = None,
+) -> None:
+    """Log a run's effective configuration into the active MLflow run.
+
+    Args:
+        training_params: The resolved training configuration (after any override file was merged):
+            logged as ``config/training_params.yaml`` and as flattened params ``config.<a.b>`` so
+            runs with different settings differ in the run table, not only in an artifact.
+        feature_params_file: The feature parameters YAML the run's features were built with,
+            logged verbatim as ``config/feature_params.yaml``.
+    """
+    import mlflow
+    import yaml
+
+    if training_params is not None:
+        resolved = json_safe(dict(training_params))
+        mlflow.log_text(
+            yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), TRAINING_PARAMS_ARTIFACT
+        )
+        mlflow.log_params(flatten_params({CONFIG_PARAM_PREFIX: resolved}))
+    if feature_params_file is not None:
+        mlflow.log_text(Path(feature_params_file).read_text(encoding="utf-8"), FEATURE_PARAMS_ARTIFACT)
 
 
 def _pip_requirements() -> list[str]:
@@ -257,6 +335,8 @@ def log_training_run(
     register_model: bool = True,
     run_name: str | None = None,
     tracking_uri: str | None = None,
+    training_params: Mapping[str, Any] | None = None,
+    feature_params_file: str | Path | None = None,
 ) -> LoggedRun:
     """Log one training run and (by default) register its model as the new challenger.
 
@@ -272,10 +352,12 @@ def log_training_run(
         params: Training parameters (nested dicts are flattened to ``a.b``).
         data_fingerprint: Digest of the training data (tag and param ``data_fingerprint``).
         plots: ``{file name: path}`` of PNG files, logged under ``plots/``.
-        tags: Extra run tags.
+        tags: Extra run tags (they win over ``git_commit`` / ``git_dirty``).
         register_model: Register the logged model and set alias ``challenger``.
         run_name: Optional MLflow run name.
         tracking_uri: MLflow URI.
+        training_params: The resolved training configuration (see ``log_run_config``).
+        feature_params_file: The feature parameters file the features were built with.
 
     Returns:
         A ``LoggedRun`` whose ``metrics_document`` carries the ``run_id``.
@@ -297,6 +379,7 @@ def log_training_run(
         "evaluation": str(metrics_document.get("evaluation", "")),
         SHA256_TAG: bundle.sha256,
         **({"data_fingerprint": data_fingerprint} if data_fingerprint else {}),
+        **git_tags(),
         **dict(tags or {}),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
@@ -306,6 +389,7 @@ def log_training_run(
             all_params["data_fingerprint"] = data_fingerprint
         if all_params:
             mlflow.log_params(flatten_params(all_params))
+        log_run_config(training_params, feature_params_file)
         document = dict(metrics_document)
         document["run_id"] = run_id
         mlflow.log_metrics(metrics_for_mlflow(document))
@@ -373,7 +457,9 @@ def log_evaluation_run(
     uri = _activate(tracking_uri)
     experiment_id = experiment_for(model, uri)
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags={"revcast.model": model, **dict(tags or {})}
+        experiment_id=experiment_id,
+        run_name=run_name,
+        tags={"revcast.model": model, **git_tags(), **dict(tags or {})},
     ) as run:
         if params:
             mlflow.log_params(flatten_params(params))
@@ -423,6 +509,8 @@ class PromotionResult:
     forced: bool
     comparison: dict[str, Any] | None
     reasons: list[str] = field(default_factory=list)
+    #: Why the rules refuse (a subset of ``reasons``); empty when they allow it or nothing was to do.
+    refusals: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (for ``--json`` output and logs)."""
@@ -471,21 +559,26 @@ def promote(
     both are scored on the challenger's stored out-of-time test set and the paired 95 % interval of
     the primary metric (AUC for classifiers, WAPE for regressors; challenger minus champion) must lie
     entirely on the gain side. No champion + ``ready`` = promote. ``force`` promotes regardless and
-    records ``promoted_by`` / ``promotion_reason`` tags on the version.
+    records ``promoted_by`` / ``promotion_reason`` tags on the version; it needs a ``reason``, so
+    that every forced champion says why.
 
     Args:
         model: ``win``, ``amount``, ``churn``, ...
         force: Promote even when the rules refuse.
-        reason: Free-text reason recorded as ``promotion_reason`` (forced promotions).
+        reason: Free-text reason recorded as ``promotion_reason`` (required with ``force``).
         evaluate_fn: Comparison function (default ``paired_comparison``).
         tracking_uri: MLflow URI.
 
     Returns:
-        A ``PromotionResult`` (``promoted`` False with reasons when refused).
+        A ``PromotionResult``: ``promoted`` False with ``refusals`` when the rules refuse, or with
+        empty ``refusals`` when the challenger already is the champion.
 
     Raises:
         ModelNotFoundError: No challenger registered.
+        ValueError: ``force`` without a (non-blank) ``reason``.
     """
+    if force and not (reason and reason.strip()):
+        raise ValueError("a forced promotion needs a reason")
     uri = _activate(tracking_uri)
     client = mlflow_client(uri)
     name = registered_name(model)
@@ -513,10 +606,12 @@ def promote(
         result.reasons.append(f"version {previous} is already the champion")
         return result
 
-    allowed = True
+    def refuse(why: str) -> None:
+        result.reasons.append(why)
+        result.refusals.append(why)
+
     if verdict != "ready":
-        allowed = False
-        result.reasons.append(f"challenger verdict is {verdict!r}, not 'ready'")
+        refuse(f"challenger verdict is {verdict!r}, not 'ready'")
     if champion_version is not None:
         challenger = load_version_bundle(model, challenger_version, uri)
         champion = load_version_bundle(model, champion_version, uri)
@@ -525,8 +620,7 @@ def promote(
             comparison = dict((evaluate_fn or paired_comparison)(test_set, spec, challenger, champion))
         except (ValueError, KeyError, OSError) as exc:
             comparison = None
-            allowed = False
-            result.reasons.append(f"champion and challenger could not be compared: {exc}")
+            refuse(f"champion and challenger could not be compared: {exc}")
         if comparison is not None:
             result.comparison = json_safe(comparison)
             metric, delta, lo, hi = (
@@ -539,19 +633,16 @@ def promote(
             if interval_excludes_no_gain(metric, lo, hi):
                 result.reasons.append(f"challenger beats champion v{previous}: {summary}")
             else:
-                allowed = False
                 gain_word = "gain" if is_gain(metric, delta) else "no gain"
-                result.reasons.append(
-                    f"challenger not shown better than champion v{previous} ({gain_word}): {summary}"
-                )
+                refuse(f"challenger not shown better than champion v{previous} ({gain_word}): {summary}")
     else:
         result.reasons.append("no champion yet")
 
-    if not allowed and not force:
+    if result.refusals and not force:
         return result
-    if force and not allowed:
+    if force and result.refusals:
         result.reasons.append("promotion forced")
-    promotion_reason = reason or ("; ".join(result.reasons) if not force else "forced without a reason")
+    promotion_reason = reason or "; ".join(result.reasons)
     client.set_registered_model_alias(name, CHAMPION, result.challenger_version)
     version_tags = {
         "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
