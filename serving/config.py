@@ -58,7 +58,8 @@ class ServiceConfig:
             their own, one at a time, so that they never hold up small ones (0: no separate thread).
         grade_cuts: Lower win-probability bound of grades A, B and C (D is everything below).
         risk_band_cuts: Lower churn-probability bound of the ``high`` and ``medium`` bands.
-        top_k_factors: Number of signed contributions returned per record.
+        top_k_factors: Number of signed contributions returned per record (>= 0; 0 returns an
+            empty ``top_factors`` list).
         closed_stages: Stages (in ``closed_stage_key`` form) that mean a deal is closed; a deal sent
             for scoring with one of them and no outcome is rejected, not scored as open.
     """
@@ -98,6 +99,11 @@ class ServiceConfig:
             raise ConfigError(f"large_request_records must be >= 0, got {self.large_request_records}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        # A negative count would slice from the end and list all but that many factors.
+        if self.top_k_factors < 0:
+            raise ConfigError(
+                f"top_k_factors (REVCAST_TOP_FACTORS) must be >= 0 (0: no factors), got {self.top_k_factors}"
+            )
         if not (self.request_timeout_s > 0 and math.isfinite(self.request_timeout_s)):
             raise ConfigError(f"request_timeout_s must be a positive number, got {self.request_timeout_s}")
         _check_cuts("grade_cuts", self.grade_cuts, ["A", "B", "C"])
