@@ -26,8 +26,25 @@ SHA256_TAG = "bundle_sha256"
 BUNDLE_ARTIFACT = "bundle"
 
 
+#: MLflow's HTTP client retries a failed call 7 times with exponential backoff by default (about 4
+#: minutes against an unreachable server); the service reports the failure after a few seconds instead
+#: and tries again later. Applied with ``os.environ.setdefault`` by the service: explicit values win.
+SERVICE_HTTP_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+# MLflow error codes that mean "the registry answered: there is no such model or alias".
+_NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
 class ModelNotFoundError(LookupError):
     """No registered model version under the requested name and alias."""
+
+
+class RegistryUnavailableError(ConnectionError):
+    """The registry could not be asked (unreachable tracking server, server error, timeout)."""
 
 
 def registered_name(model: str) -> str:
@@ -68,18 +85,32 @@ def model_version_by_alias(model: str, alias: str, uri: str | None = None) -> An
     """The ``ModelVersion`` behind ``revcast-<model>@<alias>``.
 
     Raises:
-        ModelNotFoundError: No such registered model or alias.
+        ModelNotFoundError: The registry answered that there is no such registered model or alias.
+        RegistryUnavailableError: The registry did not answer (connection refused, timeout, 5xx).
     """
     from mlflow.exceptions import MlflowException
 
+    where = uri or tracking_uri()
     client = mlflow_client(uri)
     try:
         return client.get_model_version_by_alias(registered_name(model), alias)
     except MlflowException as exc:
-        raise ModelNotFoundError(
-            f"no model registered as {registered_name(model)}@{alias} at {uri or tracking_uri()}: "
-            f"train it (revcast train {model}) and promote it (revcast promote {model})"
+        if getattr(exc, "error_code", None) in _NOT_FOUND_CODES:
+            raise ModelNotFoundError(
+                f"no model registered as {registered_name(model)}@{alias} at {where}: "
+                f"train it (revcast train {model}) and promote it (revcast promote {model})"
+            ) from exc
+        # Anything else (a connection error comes as INTERNAL_ERROR) says nothing about the model:
+        # telling the operator to train one would send them the wrong way.
+        raise RegistryUnavailableError(
+            f"cannot look up {registered_name(model)}@{alias}: the MLflow tracking server at {where} "
+            f"did not answer ({_first_line(exc)})"
         ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def download_bundle(model: str, version: str | int, destination: str | Path, uri: str | None = None) -> Path:
@@ -136,10 +167,18 @@ def resolve_bundle(
 
     Raises:
         ModelNotFoundError: Nothing registered under that alias.
+        RegistryUnavailableError: The registry could not be asked.
         BundleIntegrityError: The downloaded bundle fails its hash checks.
+
+    Any error raised once the alias has been resolved carries the version it points to as the
+    attribute ``registry_version`` (so a caller keeping an older model can say which one it refused).
     """
     version_info = model_version_by_alias(model, alias, tracking_uri)
-    bundle = load_version_bundle(model, version_info, tracking_uri)
+    try:
+        bundle = load_version_bundle(model, version_info, tracking_uri)
+    except Exception as exc:
+        exc.registry_version = str(version_info.version)  # type: ignore[attr-defined]
+        raise
     info = {
         "name": registered_name(model),
         "version": str(version_info.version),
