@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +35,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import bentoml
@@ -43,8 +46,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from serving.coalesce import RequestCoalescer, ScoringJob, merge_batches, split_body
 from serving.config import ServiceConfig, config_from_env, grade_for, risk_band_for, score_for
@@ -64,6 +70,7 @@ from serving.schemas import (
     AccountChurnRequest,
     AccountChurnResponse,
     ErrorResponse,
+    ModelInfo,
     ModelsResponse,
     OpportunityScoreRequest,
     OpportunityScoreResponse,
@@ -99,18 +106,37 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class LoadAttempt:
+    """What the last (re)load did for one model kind, for operators (``GET /v1/models``).
+
+    Attributes:
+        at: When the attempt finished (ISO 8601, UTC).
+        outcome: ``loaded``, ``unchanged``, ``swapped ...``, ``kept old (...): ...`` or ``not loaded: ...``.
+        error: The full error text when the kind failed to load (None when it loaded).
+        alias_version: The version the registry alias pointed to (None: the registry was not reached).
+    """
+
+    at: str
+    outcome: str
+    error: str | None = None
+    alias_version: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSet:
     """The models served together; replaced as a whole (never mutated) on reload.
 
     Attributes:
         models: Model kind -> loaded model, for the kinds that loaded.
-        errors: Model kind -> why it is not loaded.
+        errors: Model kind -> why it is not loaded (first line of the error).
         warmed: Whether a warm-up prediction succeeded for every loaded model.
+        attempts: Model kind -> what the (re)load that produced this set did for it.
     """
 
     models: Mapping[str, LoadedModel] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
     warmed: bool = False
+    attempts: Mapping[str, LoadAttempt] = field(default_factory=dict)
 
     def ready(self, required: tuple[str, ...]) -> bool:
         """Every required model is loaded and the set has been warmed."""
@@ -138,11 +164,13 @@ def load_model_set(
 
     Returns:
         ``(new_set, outcome)`` where outcome says per kind ``swapped``, ``unchanged``, ``loaded``,
-        ``kept old: <reason>`` or ``not loaded: <reason>``.
+        ``kept old: <reason>`` or ``not loaded: <reason>`` (first line of the reason; the set's
+        ``attempts`` hold the full error and the version the alias points to).
     """
     models: dict[str, LoadedModel] = {}
     errors: dict[str, str] = {}
     outcome: dict[str, str] = {}
+    attempts: dict[str, LoadAttempt] = {}
 
     def load_one(kind: str) -> LoadedModel | Exception:
         try:
@@ -158,25 +186,39 @@ def load_model_set(
     # The kinds load in parallel: start-up time is the slowest download, not the sum of them.
     with ThreadPoolExecutor(max_workers=len(MODEL_KINDS), thread_name_prefix="revcast-load") as pool:
         loaded = dict(zip(MODEL_KINDS, pool.map(load_one, MODEL_KINDS), strict=True))
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
     for kind, result in loaded.items():
         old = previous.models.get(kind) if previous is not None else None
         if isinstance(result, LoadedModel):
             if old is not None and old.info.get("sha256") == result.info.get("sha256"):
-                models[kind], outcome[kind] = old, "unchanged"
+                if old.version == result.version:
+                    models[kind], outcome[kind] = old, "unchanged"
+                else:
+                    # The same bytes promoted under another version: the warmed bundle stays, but
+                    # answers, /v1/models and the version gauge must name the version the alias holds.
+                    models[kind] = LoadedModel(bundle=old.bundle, info=result.info)
+                    outcome[kind] = f"swapped {old.version} -> {result.version} (same bundle bytes)"
             else:
                 models[kind] = result
                 outcome[kind] = "loaded" if old is None else f"swapped {old.version} -> {result.version}"
+            attempts[kind] = LoadAttempt(finished, outcome[kind], None, result.version)
             continue
-        reason = (
-            f"{type(result).__name__}: {str(result).strip().splitlines()[0] if str(result).strip() else ''}"
-        )
+        text = str(result).strip()
+        reason = f"{type(result).__name__}: {text.splitlines()[0] if text else ''}"
+        full = f"{type(result).__name__}: {text}"[:_MAX_ERROR_CHARS]
         if old is not None:
             models[kind] = old
             outcome[kind] = f"kept old ({old.version}): {reason}"
         else:
             errors[kind] = reason
             outcome[kind] = f"not loaded: {reason}"
-    return ModelSet(models=models, errors=errors, warmed=True), outcome
+        alias_version = getattr(result, "registry_version", None)  # set by serving.registry.resolve_bundle
+        attempts[kind] = LoadAttempt(finished, outcome[kind], full, alias_version)
+    return ModelSet(models=models, errors=errors, warmed=True, attempts=attempts), outcome
+
+
+# An error text is kept whole for operators, but a pathological one (a dumped HTML page) stays bounded.
+_MAX_ERROR_CHARS = 4000
 
 
 def freeze_long_lived_objects() -> None:
@@ -510,6 +552,37 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class LastLoad(BaseModel):
+    """The last (re)load attempt of one model kind in the worker that answers."""
+
+    at: str = Field(description="When it finished (ISO 8601, UTC).")
+    outcome: str = Field(description="loaded, unchanged, swapped a -> b, kept old (v): why, not loaded: why.")
+    error: str | None = Field(default=None, description="The whole error when the kind failed to load.")
+
+
+class ServedModelInfo(ModelInfo):
+    """``ModelInfo`` with what the registry holds and how the last load went."""
+
+    alias_version: str | None = Field(
+        default=None,
+        description="Version the alias pointed to at the last load attempt (None: the registry was not reached).",
+    )
+    alias_differs: bool | None = Field(
+        default=None,
+        description="True when the alias points to another version than the one served (its load "
+        "failed and the served one was kept); None when unknown.",
+    )
+    last_load: LastLoad | None = None
+
+
+class ServiceModelsResponse(ModelsResponse):
+    """Answer of ``GET /v1/models`` and ``POST /v1/admin/reload`` (from the worker that answers)."""
+
+    models: dict[str, ServedModelInfo]  # type: ignore[assignment]
+    workers: int = Field(description="Worker processes of the service (REVCAST_WORKERS).")
+    note: str | None = Field(default=None, description="After a reload: what the other workers do.")
+
+
 class ApiError(Exception):
     """An answer other than 200, with a one-line reason."""
 
@@ -521,13 +594,20 @@ class ApiError(Exception):
 
 
 def _error_response(status: int, message: str, field: str | None = None, details: list[Any] | None = None):
+    """The error shape of every non-200 answer (``X-Request-ID`` is added by ``_RequestEnvelope``)."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     body = ErrorResponse(error=message, field=field, details=details or []).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _note_reason(request: Request, reason: str) -> None:
+    """Keep an error answer's reason for the request's log line (``_RequestEnvelope`` writes it)."""
+    request.scope.setdefault("state", {})["reason"] = reason
+
+
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    _note_reason(request, str(exc))
     return _error_response(exc.status, str(exc), exc.field, exc.details)
 
 
@@ -539,12 +619,21 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     details = [
         {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in errors
     ]
+    _note_reason(request, f"{where}: {first.get('msg')}")
     return _error_response(422, f"{where}: {first.get('msg')}", where or None, details)
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error_response(exc.status_code, str(exc.detail))
+    if exc.status_code == 404:
+        # Without the path a client cannot tell a typo from a missing resource.
+        message = f"no such endpoint: {request.method} {request.url.path} (the API is listed at /v1/docs)"
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path} (see /v1/docs)"
+    else:
+        message = str(exc.detail)
+    _note_reason(request, message)
+    return _error_response(exc.status_code, message)
 
 
 def _status_of(exc: BaseException) -> int:
@@ -610,16 +699,29 @@ def _install_openapi(app: FastAPI) -> None:
 _install_openapi(api)
 
 
-def _log_request(fields: dict[str, Any]) -> None:
-    """One structured line per request; holds ids and counts only, never record contents (PII)."""
+def _log_request(fields: dict[str, Any], request: Request | None = None) -> None:
+    """One structured line per request; holds ids, counts and reasons only, never record contents (PII).
+
+    With ``request``, the request is marked as logged so that ``_RequestEnvelope`` adds no second line.
+    """
+    if request is not None:
+        request.scope.setdefault("state", {})["logged"] = True
     logger.info(json.dumps(fields, separators=(",", ":"), default=str))
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
+def _request_id_from(headers: Headers) -> str:
+    given = headers.get("x-request-id", "")
     if 0 < len(given) <= 64 and all(ch.isalnum() or ch in "-_." for ch in given):
         return given
     return uuid.uuid4().hex
+
+
+def _request_id(request: Request) -> str:
+    """The request's id: the caller's ``X-Request-ID`` when usable, else a new one (one per request)."""
+    state = request.scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = _request_id_from(request.headers)
+    return state["request_id"]
 
 
 def _service_timeout() -> float:
@@ -629,6 +731,75 @@ def _service_timeout() -> float:
         return ServiceConfig.request_timeout_s
 
 
+# BentoML's own request timeout answers 504 with a body of another shape, no request id and no log
+# line of ours, and the handler it cancels would log a 500; it stays as a backstop this much later
+# than the API's own timeout (``_RequestEnvelope``), which answers first.
+_BENTOML_TIMEOUT_GRACE_S = 2.0
+
+
+class _RequestEnvelope:
+    """ASGI middleware of the /v1 app: request id header, the request timeout, a log line for every answer.
+
+    Every answer carries ``X-Request-ID`` (the caller's when usable). A request not answered within
+    ``REVCAST_REQUEST_TIMEOUT_S`` is cancelled and answered 504 in the usual error shape. Answers
+    whose handler wrote no log line (unknown paths, rejected query parameters, timeouts before the
+    handler logged) get one here, with the reason of an error answer.
+    """
+
+    def __init__(self, app: Any, timeout_s: Callable[[], float] = _service_timeout) -> None:
+        self.app = app
+        self._timeout_of = timeout_s
+        self._timeout_s: float | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._timeout_s is None:
+            self._timeout_s = self._timeout_of()
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        request_id = state.setdefault("request_id", _request_id_from(Headers(scope=scope)))
+        answer = {"status": 500, "started": False}
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer.update(status=message["status"], started=True)
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers.append("X-Request-ID", request_id)
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self.app(scope, receive, send_with_id)
+        except TimeoutError:
+            reason = (
+                f"not answered within {self._timeout_s:g} s (REVCAST_REQUEST_TIMEOUT_S); the request "
+                "was cancelled: send fewer records per request or raise the timeout"
+            )
+            state.setdefault("reason", reason)
+            if not answer["started"]:
+                await _error_response(504, reason)(scope, receive, send_with_id)
+            answer["status"] = 504
+        finally:
+            if not state.get("logged"):
+                fields: dict[str, Any] = {
+                    "event": "request",
+                    "request_id": request_id,
+                    "endpoint": scope.get("path", ""),
+                    "method": scope.get("method", ""),
+                    "status": answer["status"],
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+                if answer["status"] >= 400 and state.get("reason"):
+                    fields["reason"] = state["reason"]
+                _log_request(fields)
+
+
+api.add_middleware(_RequestEnvelope)
+
+
 def _service_workers() -> int:
     try:
         return config_from_env().workers
@@ -636,7 +807,81 @@ def _service_workers() -> int:
         return ServiceConfig.workers
 
 
-@bentoml.service(name="revcast", workers=_service_workers(), traffic={"timeout": _service_timeout()})
+#: How often each worker looks at the reload signal (seconds); the others follow a reload this fast.
+RELOAD_POLL_S = 1.0
+#: While a required model is not loaded (e.g. the registry was unreachable at start-up), each worker
+#: tries again without being told to: after this many seconds, doubling after each failed try up to
+#: ``LOAD_RETRY_MAX_S`` (every try logs its failure at WARNING).
+LOAD_RETRY_S = 15.0
+LOAD_RETRY_MAX_S = 300.0
+
+
+def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Directory shared by the workers of this service instance, and by no other instance.
+
+    BentoML starts the workers of one ``bentoml serve`` as children of its main process, so the main
+    process's id (with user and host) names the instance; ``REVCAST_RUNTIME_DIR`` moves the directory
+    (default: the system's temporary directory).
+
+    Args:
+        environ: Environment to read (default: ``os.environ``).
+
+    Returns:
+        The directory (not created here).
+    """
+    env = os.environ if environ is None else environ
+    base = Path(env.get("REVCAST_RUNTIME_DIR") or tempfile.gettempdir())
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return base / f"revcast-{uid}-{socket.gethostname()}-{os.getppid()}"
+
+
+@dataclass(frozen=True)
+class ReloadSignal:
+    """The "reload now" token the workers of one instance share through a small file.
+
+    A worker told to reload (admin endpoint, SIGHUP) writes a new token with the time; every worker
+    polls the file and reloads when the token changed, unless its own last load started after that
+    time (then it already resolved the alias as it is now).
+
+    Attributes:
+        path: The file (in ``runtime_dir()``).
+    """
+
+    path: Path
+
+    def read(self) -> tuple[str, float] | None:
+        """``(token, unix time written)``, or None when no worker was told to reload yet."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return str(data["token"]), float(data["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def bump(self, reason: str, token: str | None = None) -> tuple[str, float]:
+        """Write a new token (atomically: readers see the old file or the new one, never half of one).
+
+        Args:
+            reason: What asked for the reload (kept in the file for operators).
+            token: The token to write (default: a new random one).
+
+        Returns:
+            ``(token, unix time written)``.
+        """
+        token, at = token or uuid.uuid4().hex, time.time()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{token}")
+        temporary.write_text(
+            json.dumps({"token": token, "at": at, "pid": os.getpid(), "reason": reason}), encoding="utf-8"
+        )
+        os.replace(temporary, self.path)
+        return token, at
+
+
+@bentoml.service(
+    name="revcast",
+    workers=_service_workers(),
+    traffic={"timeout": _service_timeout() + _BENTOML_TIMEOUT_GRACE_S},
+)
 @bentoml.asgi_app(api, path="/v1")
 @bentoml.asgi_app(ui_app, path="/ui")  # managers' web page (owner: serving/ui); same token, session cookie
 class RevcastService:
@@ -658,9 +903,20 @@ class RevcastService:
         # 9 ms on a loaded 2-core machine). Read when LightGBM loads, i.e. with the first model;
         # an explicit OMP_NUM_THREADS wins (`revcast serve` also sets it before the process starts).
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        from serving.registry import SERVICE_HTTP_ENV
+
+        # Bounded MLflow retries: an unreachable registry is reported in seconds, not after ~4 minutes.
+        for name, value in SERVICE_HTTP_ENV.items():
+            os.environ.setdefault(name, value)
         self.models: ModelSet = ModelSet()
         self.load_error: str | None = None
         self._reload_lock = threading.Lock()
+        # Workers of one instance tell each other to reload through this file (see ReloadSignal).
+        self._reload_signal = ReloadSignal(runtime_dir() / "reload-signal.json")
+        self._seen_signal: str | None = None
+        self._reload_task: asyncio.Future[dict[str, str]] | None = None
+        self._load_started = 0.0  # unix time the last (re)load started resolving the alias
+        self._last_load_finished = 0.0
         self._forecast_tables: dict[str, pd.DataFrame] | None = None
         self._forecast_error: str | None = None
         # Track records of deals scored through the API, from the same dataset (serving.track_records).
@@ -691,16 +947,24 @@ class RevcastService:
         if threading.current_thread() is threading.main_thread():
             try:
                 signal.signal(
-                    signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start()
+                    signal.SIGHUP,
+                    lambda *_: threading.Thread(
+                        target=self.reload_everywhere, args=("sighup",), daemon=True
+                    ).start(),
                 )
             except (ValueError, OSError):  # not allowed here: the admin endpoint still works
                 logger.info(json.dumps({"event": "sighup_not_installed"}))
 
     def _initial_load(self) -> None:
         started = time.perf_counter()
+        # Before loading: a reload signalled from now on must still reach this worker.
+        current = self._reload_signal.read()
+        self._seen_signal = current[0] if current else None
         with self._reload_lock:
+            self._load_started = time.time()
             models, outcome = load_model_set(self.config)
             self.models = models
+            self._last_load_finished = time.time()
         self._export_versions()
         _log_request(
             {
@@ -709,8 +973,11 @@ class RevcastService:
                 "outcome": outcome,
                 "versions": {kind: m.version for kind, m in models.models.items()},
                 "seconds": round(time.perf_counter() - started, 3),
+                "pid": os.getpid(),
             }
         )
+        self._warn_failures(models)
+        threading.Thread(target=self._watch_reload_signal, name="revcast-reload-watch", daemon=True).start()
         if self.config.data_dir is not None:
             try:
                 from features.data import load_tables
@@ -739,15 +1006,107 @@ class RevcastService:
         """
         return self._start_up_done and self.models.ready(self.config.required_models)
 
-    def reload(self) -> dict[str, str]:
-        """Load the models now behind the alias and swap them in; keep any that fail (outcome per kind)."""
+    def reload(self, source: str = "call") -> dict[str, str]:
+        """Load the models now behind the alias and swap them in; keep any that fail (outcome per kind).
+
+        Only this worker; ``reload_everywhere`` tells the other workers too.
+
+        Args:
+            source: What asked for it, for the log (``admin``, ``sighup``, ``signal``, ``retry``).
+
+        Returns:
+            Outcome per model kind (see ``load_model_set``).
+        """
+        started = time.perf_counter()
         with self._reload_lock:
+            self._load_started = time.time()
             models, outcome = load_model_set(self.config, previous=self.models)
             self.models = models  # one reference assignment: requests in flight keep their set
+            self._last_load_finished = time.time()
         freeze_long_lived_objects()
         self._export_versions()
-        _log_request({"event": "models_reloaded", "outcome": outcome})
+        _log_request(
+            {
+                "event": "models_reloaded",
+                "source": source,
+                "outcome": outcome,
+                "versions": {kind: m.version for kind, m in models.models.items()},
+                "seconds": round(time.perf_counter() - started, 3),
+                "pid": os.getpid(),
+            }
+        )
+        self._warn_failures(models)
         return outcome
+
+    def reload_everywhere(self, source: str) -> dict[str, str]:
+        """Reload this worker now and signal the other workers of the instance to follow.
+
+        Args:
+            source: ``admin`` or ``sighup`` (logged).
+
+        Returns:
+            This worker's outcome per model kind.
+        """
+        token = uuid.uuid4().hex
+        self._seen_signal = token  # before the file says so: this worker reloads right below anyway
+        try:
+            self._reload_signal.bump(source, token)
+        except OSError as exc:  # the others then keep their models until told themselves
+            logger.warning(
+                json.dumps(
+                    {
+                        "event": "reload_signal_failed",
+                        "path": str(self._reload_signal.path),
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
+            )
+        return self.reload(source)
+
+    def _watch_reload_signal(self) -> None:
+        """Reload when another worker signalled a reload, or retry while a required model is missing."""
+        failed_tries = 0
+        while True:
+            time.sleep(RELOAD_POLL_S)
+            try:
+                current = self._reload_signal.read()
+                if current is not None and current[0] != self._seen_signal:
+                    self._seen_signal = current[0]
+                    if current[1] >= self._load_started:  # not already resolved after the signal
+                        self.reload("signal")
+                elif self.models.ready(self.config.required_models):
+                    failed_tries = 0
+                elif time.time() - self._last_load_finished >= min(
+                    LOAD_RETRY_S * 2 ** min(failed_tries, 8), LOAD_RETRY_MAX_S
+                ):
+                    failed_tries += 1
+                    self.reload("retry")
+            except Exception as exc:  # the watcher must outlive any one failure
+                logger.warning(
+                    json.dumps({"event": "reload_watch_failed", "error": f"{type(exc).__name__}: {exc}"})
+                )
+
+    def _warn_failures(self, models: ModelSet) -> None:
+        """One WARNING line per model kind that failed to load, with the whole error."""
+        for kind, attempt in models.attempts.items():
+            if attempt.error is None:
+                continue
+            served = models.models.get(kind)
+            logger.warning(
+                json.dumps(
+                    {
+                        "event": "model_load_failed",
+                        "model": kind,
+                        "served_version": served.version if served else None,
+                        "alias": self.config.model_alias,
+                        "alias_version": attempt.alias_version,
+                        "outcome": attempt.outcome,
+                        "error": attempt.error,
+                        "pid": os.getpid(),
+                    },
+                    default=str,
+                )
+            )
 
     def _export_versions(self) -> None:
         for kind in MODEL_KINDS:
@@ -835,6 +1194,10 @@ class RevcastService:
                     else ""
                 )
                 status = 422
+                # The record's own reasons can quote its values: the log names only the field.
+                log["reason"] = (
+                    f"no record could be scored (first rejected: {endpoint}[{body['rejected'][0]['index']}])"
+                )
                 return _error_response(
                     422,
                     f"no record could be scored; first reason: {endpoint}[{body['rejected'][0]['index']}].{first}",
@@ -847,13 +1210,22 @@ class RevcastService:
             return JSONResponse(body, headers={"X-Request-ID": request_id})
         except (ApiError, RequestError) as exc:
             status = _status_of(exc)
+            log["reason"] = str(exc)
             return _error_response(status, str(exc), getattr(exc, "field", None))
+        except asyncio.CancelledError:
+            # Cancelled by the request timeout (_RequestEnvelope), which answers 504.
+            status = 504
+            log["reason"] = (
+                f"not answered within {self.config.request_timeout_s:g} s (REVCAST_REQUEST_TIMEOUT_S)"
+            )
+            raise
         except Exception as exc:
             logger.exception("request %s failed: %s", request_id, type(exc).__name__)
+            log["reason"] = f"internal error: {type(exc).__name__}"
             return _error_response(500, f"internal error (request id {request_id})")
         finally:
             log.update(status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2))
-            _log_request(log)
+            _log_request(log, request)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -927,6 +1299,7 @@ class RevcastService:
         started = time.perf_counter()
         request_id = _request_id(request)
         status = 500
+        reason: str | None = None
         try:
             self._check_token(credentials)
             if self.config.data_dir is None:
@@ -943,26 +1316,32 @@ class RevcastService:
             status = 200
             return JSONResponse(result, headers={"X-Request-ID": request_id})
         except (ApiError, RequestError) as exc:
-            status = _status_of(exc)
+            status, reason = _status_of(exc), str(exc)
             return _error_response(status, str(exc), getattr(exc, "field", None))
         except ValueError as exc:  # the engine's own message (e.g. no history to learn from)
             status = 422
-            message = str(exc).splitlines()[0]
+            message = reason = str(exc).splitlines()[0]
             about_as_of = as_of is not None and "to learn from" in message
             return _error_response(422, message, "as_of" if about_as_of else None)
+        except asyncio.CancelledError:  # the request timeout (_RequestEnvelope answers 504)
+            status = 504
+            reason = f"not answered within {self.config.request_timeout_s:g} s (REVCAST_REQUEST_TIMEOUT_S)"
+            raise
         except Exception as exc:
             logger.exception("forecast %s failed: %s", request_id, type(exc).__name__)
+            reason = f"internal error: {type(exc).__name__}"
             return _error_response(500, f"internal error (request id {request_id})")
         finally:
-            _log_request(
-                {
-                    "event": "request",
-                    "request_id": request_id,
-                    "endpoint": "forecast",
-                    "status": status,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-                }
-            )
+            fields: dict[str, Any] = {
+                "event": "request",
+                "request_id": request_id,
+                "endpoint": "forecast",
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+            if reason is not None:
+                fields["reason"] = reason
+            _log_request(fields, request)
 
     @api.get(
         "/examples/opportunities/score",
@@ -986,15 +1365,21 @@ class RevcastService:
 
     @api.get(
         "/models",
-        response_model=ModelsResponse,
+        response_model=ServiceModelsResponse,
         responses=_ERRORS,
         tags=["service"],
         summary="Models being served",
     )
     async def models_info(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> JSONResponse:
         """Name, version, alias and sha256 of every model kind, and why one is missing.
+
+        Also, per kind, the last load attempt (time, outcome, whole error) and the version the alias
+        pointed to then: ``alias_differs`` is true when a newer champion failed to load and the old
+        one is still served. With several workers, this is the state of the worker that answers.
 
         Needs the token like the prediction endpoints: run ids, hashes and load errors (which can
         name registry paths) are for operators, not for anyone who can reach the port.
@@ -1002,27 +1387,58 @@ class RevcastService:
         try:
             self._check_token(credentials)
         except ApiError as exc:
+            _note_reason(request, str(exc))
             return _error_response(exc.status, str(exc))
         return JSONResponse(_models_response(self.models, self.config).model_dump())
 
     @api.post(
         "/admin/reload",
-        response_model=ModelsResponse,
+        response_model=ServiceModelsResponse,
         responses=_ERRORS,
         tags=["service"],
-        summary="Load the models now behind the alias; keep the old one of any kind that fails",
+        summary="Load the models now behind the alias in every worker; keep the old one of any kind that fails",
     )
     async def admin_reload(
-        self, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> JSONResponse:
-        """Swap to newly promoted champions without dropping requests in flight."""
+        """Swap to newly promoted champions without dropping requests in flight.
+
+        The worker that takes the call reloads before answering (``reload`` holds its outcome); it
+        signals the other workers, which start the same reload within about a second. A reload
+        that outlasts the request timeout goes on in the background: the answer (202) says so and
+        ``GET /v1/models`` shows its outcome once done.
+        """
         try:
             self._check_token(credentials)
         except ApiError as exc:
+            _note_reason(request, str(exc))
             return _error_response(exc.status, str(exc))
-        outcome = await run_in_threadpool(self.reload)
+        started = time.perf_counter()
+        task = asyncio.ensure_future(run_in_threadpool(self.reload_everywhere, "admin"))
+        self._reload_task = task  # keeps a reload that outlives this request referenced
+        # Leave time to answer before the request timeout (_RequestEnvelope) would cancel the call.
+        budget = max(self.config.request_timeout_s * 0.8, self.config.request_timeout_s - 2.0)
+        done, _ = await asyncio.wait({task}, timeout=budget)
+        others = self.config.workers - 1
+        if not done:
+            response = _models_response(self.models, self.config)
+            response.note = (
+                f"the reload is still running after {budget:g} s and goes on in the background; "
+                "GET /v1/models shows each model's last_load once it is done"
+                + (f"; the other {others} worker(s) were signalled to reload too" if others else "")
+            )
+            return JSONResponse(response.model_dump(), status_code=202)
+        outcome = task.result()
+        seconds = time.perf_counter() - started
         response = _models_response(self.models, self.config)
         response.reload = outcome
+        if others:
+            response.note = (
+                f"this worker has reloaded; the other {others} worker(s) check every {RELOAD_POLL_S:g} s "
+                f"and serve the same models once their own load is done (this one took {seconds:.1f} s)"
+            )
         return JSONResponse(response.model_dump())
 
 
@@ -1143,22 +1559,53 @@ def _forecast(
     }
 
 
-def _models_response(models: ModelSet, config: ServiceConfig) -> ModelsResponse:
-    from serving.schemas import ModelInfo
-
+def _models_response(models: ModelSet, config: ServiceConfig) -> ServiceModelsResponse:
     infos = {}
     for kind in MODEL_KINDS:
         loaded = models.models.get(kind)
-        infos[kind] = ModelInfo(
+        attempt = models.attempts.get(kind)
+        alias_version = attempt.alias_version if attempt else None
+        infos[kind] = ServedModelInfo(
             name=str(loaded.info.get("name")) if loaded else config.model_names.get(kind, kind),
             version=loaded.version if loaded else None,
             alias=config.model_alias,
             run_id=loaded.info.get("run_id") if loaded else None,
             sha256=loaded.info.get("sha256") if loaded else None,
             loaded=loaded is not None,
-            error=models.errors.get(kind),
+            error=models.errors.get(kind) or (attempt.error if attempt else None),
+            alias_version=alias_version,
+            alias_differs=None
+            if alias_version is None
+            else (loaded is None or alias_version != loaded.version),
+            last_load=LastLoad(at=attempt.at, outcome=attempt.outcome, error=attempt.error)
+            if attempt
+            else None,
         )
-    return ModelsResponse(ready=models.ready(config.required_models), models=infos)
+    return ServiceModelsResponse(
+        ready=models.ready(config.required_models), models=infos, workers=config.workers
+    )
+
+
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def _unknown_endpoint(request: Request) -> JSONResponse:
+    """Any other path under /v1: 405 when another method would be served there, else 404 (JSON).
+
+    BentoML mounts the API "passively": a path no route of the API matches went to BentoML's own
+    router, which answers a plain-text 404 without a request id. This route, added last, matches
+    every path, so the mount takes all of /v1 and such answers get the API's error shape.
+    """
+    for route in api.routes:
+        if getattr(route, "endpoint", None) is _unknown_endpoint:
+            continue
+        if route.matches(request.scope)[0] == Match.PARTIAL:
+            raise StarletteHTTPException(405)
+    raise StarletteHTTPException(404)
+
+
+# After the service's own routes (added when the class above was decorated): routes match in order.
+api.add_api_route("/{path:path}", _unknown_endpoint, methods=_ANY_METHOD, include_in_schema=False)
 
 
 _METRICS: dict[str, Any] = {}
