@@ -55,6 +55,7 @@ from starlette.routing import Match
 from serving.coalesce import RequestCoalescer, ScoringJob, merge_batches, split_body
 from serving.config import ServiceConfig, config_from_env, grade_for, risk_band_for, score_for
 from serving.forecast import ForecastResponse
+from serving.metrics_labels import install_route_labels
 from serving.requests import (
     PreparedBatch,
     RequestError,
@@ -875,6 +876,11 @@ class ReloadSignal:
         )
         os.replace(temporary, self.path)
         return token, at
+
+
+# BentoML labels /metrics by route template, not raw path (serving/metrics_labels.py); it builds the
+# app right after importing this module, so the middleware is swapped here, before the service exists.
+install_route_labels()
 
 
 @bentoml.service(
