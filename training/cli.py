@@ -50,7 +50,7 @@ def _run(fn, *args, **kwargs):
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Option(help="Directory to write the canonical tables (and truth/) to.")],
-    accounts: Annotated[int, typer.Option(help="Number of accounts.")] = 600,
+    accounts: Annotated[int, typer.Option(help="Number of accounts.")] = 800,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, byte-identical output.")] = 7,
     scale: Annotated[float, typer.Option(help="Multiply opportunity and activity volume per account.")] = 1.0,
     fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
@@ -218,7 +218,7 @@ def quickstart(
     workdir: Annotated[Path, typer.Option(help="Where data, tracking store and outputs go.")] = Path(
         "revcast_home"
     ),
-    accounts: Annotated[int, typer.Option(help="Synthetic accounts to generate.")] = 600,
+    accounts: Annotated[int, typer.Option(help="Synthetic accounts to generate.")] = 800,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     serve_after: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Start the service at the end.")
