@@ -147,6 +147,27 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) or "NULL"
 
 
+def _in_fixed_order(aggregate: str, *args: str) -> str:
+    """SQL `aggregate(args)` fed each group's rows sorted by the aggregated values themselves.
+
+    A floating-point sum (SUM, AVG, REGR_SLOPE...) depends on the order of its additions, and DuckDB's
+    threads hand a group its rows in a different order from one run to the next: two builds of the
+    same tables differed by ~1e-14 and a churn retrain on identical data scored differently. Sorted by
+    its own arguments the order is the same every run, whatever the threads: rows that tie hold equal
+    values, so which of them comes first changes nothing. Integer counts are exact in any order and do
+    not need it.
+
+    Args:
+        aggregate: Aggregate function name.
+        *args: Its argument expressions.
+
+    Returns:
+        The aggregate call with an ORDER BY over its arguments.
+    """
+    values = ", ".join(args)
+    return f"{aggregate}({values} ORDER BY {values})"
+
+
 def account_query(params: FeatureParams) -> str:
     """SQL computing the non-usage account features for every (active account, as_of) pair.
 
@@ -170,7 +191,7 @@ def account_query(params: FeatureParams) -> str:
     )
     mrr_joins = "\n".join(
         f"""LEFT JOIN (
-    SELECT s.account_id, d.as_of, SUM(s.mrr) AS mrr
+    SELECT s.account_id, d.as_of, {_in_fixed_order("SUM", "s.mrr")} AS mrr
     FROM subs s JOIN dates d
       ON s.start_date <= d.start_{w}d AND (s.end_date IS NULL OR s.end_date > d.start_{w}d)
     GROUP BY s.account_id, d.as_of
@@ -186,6 +207,18 @@ def account_query(params: FeatureParams) -> str:
         for w in ap.touch_windows_days
     )
     share_window = max(ap.ticket_windows_days)
+    term_mean = _in_fixed_order("AVG", f"{days_between('s.start_date', 's.end_date')} / {DAYS_PER_MONTH}")
+    resolution_hours = _in_fixed_order(
+        "AVG",
+        f"CASE WHEN t.resolved_at <= p.as_of THEN {days_between('t.opened_at', 't.resolved_at')} * 24.0 END",
+    )
+    high_priority_share = _in_fixed_order(
+        "AVG",
+        f"CASE WHEN t.opened_at > p.start_{share_window}d AND t.priority IS NOT NULL"
+        f" THEN (CASE WHEN t.priority IN ({high}) THEN 1.0 ELSE 0.0 END) END",
+    )
+    csat_mean = _in_fixed_order("AVG", "CASE WHEN t.resolved_at <= p.as_of THEN t.csat END")
+    fcr_rate = _in_fixed_order("AVG", "CASE WHEN t.resolved_at <= p.as_of THEN t.first_contact_resolved END")
     return f"""
 WITH
 active AS (
@@ -195,7 +228,7 @@ active AS (
 ended_terms AS (
     -- Typical term of the account's subscriptions that had ended by T (their end_date is visible).
     SELECT s.account_id, d.as_of,
-           ROUND(AVG({days_between("s.start_date", "s.end_date")} / {DAYS_PER_MONTH})) AS term_months
+           ROUND({term_mean}) AS term_months
     FROM subs s JOIN dates d ON s.end_date <= d.as_of
     WHERE s.end_date > s.start_date
     GROUP BY s.account_id, d.as_of
@@ -228,9 +261,9 @@ renewal_counts AS (
 ),
 pop AS (
     SELECT r.account_id, r.as_of,
-           SUM(r.mrr) AS mrr,
+           {_in_fixed_order("SUM", "r.mrr")} AS mrr,
            COUNT(*) AS n_active,
-           AVG(r.auto_renew) AS auto_renew_share,
+           {_in_fixed_order("AVG", "r.auto_renew")} AS auto_renew_share,
            MAX(r.term) AS term_months,
            MIN(r.next_renewal) AS next_renewal,
            MAX(r.term_ends) AS term_ends_in_horizon
@@ -250,13 +283,10 @@ tix AS (
            {ticket_counts},
            SUM(CASE WHEN t.resolved_at IS NULL OR t.resolved_at > p.as_of THEN 1 ELSE 0 END)
                AS acct_tickets_open_at_asof,
-           AVG(CASE WHEN t.resolved_at <= p.as_of THEN {days_between("t.opened_at", "t.resolved_at")} * 24.0 END)
-               AS acct_ticket_resolution_hours_mean,
-           AVG(CASE WHEN t.opened_at > p.start_{share_window}d AND t.priority IS NOT NULL
-                    THEN (CASE WHEN t.priority IN ({high}) THEN 1.0 ELSE 0.0 END) END)
-               AS acct_tickets_high_priority_share,
-           AVG(CASE WHEN t.resolved_at <= p.as_of THEN t.csat END) AS acct_ticket_csat_mean,
-           AVG(CASE WHEN t.resolved_at <= p.as_of THEN t.first_contact_resolved END) AS acct_ticket_fcr_rate
+           {resolution_hours} AS acct_ticket_resolution_hours_mean,
+           {high_priority_share} AS acct_tickets_high_priority_share,
+           {csat_mean} AS acct_ticket_csat_mean,
+           {fcr_rate} AS acct_ticket_fcr_rate
     FROM p JOIN tickets t ON t.account_id = p.account_id AND t.opened_at <= p.as_of
     GROUP BY p.account_id, p.as_of
 ),
@@ -302,7 +332,8 @@ open_ro_amount AS (
     GROUP BY r.account_id, r.as_of, r.opportunity_id
 ),
 ropp AS (
-    SELECT account_id, as_of, COUNT(*) AS acct_open_renewal_opps, SUM(amount) AS acct_open_renewal_amount
+    SELECT account_id, as_of, COUNT(*) AS acct_open_renewal_opps,
+           {_in_fixed_order("SUM", "amount")} AS acct_open_renewal_amount
     FROM open_ro_amount GROUP BY account_id, as_of
 ),
 renewal_state AS (
@@ -381,36 +412,58 @@ def usage_query(params: FeatureParams) -> str:
     Usage is also read per 1,000 of MRR at T: the same number of active users means a healthy small
     account and a dormant large one, so the level alone mostly measures size.
 
+    The averages and the trend slope add floating-point numbers, whose result depends on the order of
+    the additions; grouped aggregates get their rows in a different order from run to run on several
+    threads (the slopes of two builds of the same tables differed by ~1e-14). So each group's
+    observations are collected once, sorted by (date, value), and every statistic is computed from
+    that list in its order: the same bits on every build (rows that tie are equal). One sorted list
+    per group costs less than one sorted aggregate per statistic (see `_in_fixed_order`).
+
     Expects registered relations: usage_long, population (account_id, as_of, mrr), dates.
     """
     w = _windows(params)
     recent, trend, baseline = w["recent"], w["trend"], w["baseline"]
-    in_trend = f"r.date > r.start_{trend}d"
-    per_kmrr = "(CASE WHEN MAX(r.mrr) > 0 THEN 1000.0 / MAX(r.mrr) END)"
-    mean_recent = f"AVG(CASE WHEN r.date > r.start_{recent}d THEN r.value END)"
-    mean_previous = f"AVG(CASE WHEN {in_trend} AND r.date <= r.start_{recent}d THEN r.value END)"
+    per_kmrr = "CASE WHEN mrr > 0 THEN 1000.0 / mrr END"
     return f"""
 WITH p AS (
     SELECT pop.account_id, pop.mrr, d.* FROM population pop JOIN dates d ON d.as_of = pop.as_of
 ),
-r AS (
-    SELECT p.*, u.metric, u.date, u.value,
-           MAX(u.date) OVER (PARTITION BY p.account_id, p.as_of, u.metric) AS last_date
+g AS (
+    SELECT p.account_id, p.as_of, u.metric,
+           LIST({{'date': u.date, 'value': u.value}} ORDER BY u.date, u.value) AS obs
     FROM p JOIN usage_long u ON u.account_id = p.account_id AND u.date <= p.as_of
         AND u.date > p.start_{max(trend, baseline)}d
+    GROUP BY p.account_id, p.as_of, u.metric
+),
+o AS (
+    SELECT g.account_id, g.as_of, g.metric, p.mrr, g.obs[-1].date AS last_date,
+           list_avg([x.value FOR x IN g.obs IF x.date > p.start_{recent}d]) AS mean_recent,
+           list_avg([x.value FOR x IN g.obs IF x.date > p.start_{trend}d AND x.date <= p.start_{recent}d])
+               AS mean_previous,
+           list_avg([x.value FOR x IN g.obs IF x.date > p.start_{baseline}d AND x.date <= p.start_{recent}d])
+               AS mean_baseline,
+           [{{'x': {days_between(f"p.start_{trend}d", "x.date")}, 'y': x.value}}
+            FOR x IN g.obs IF x.date > p.start_{trend}d] AS trend,
+           g.obs
+    FROM g JOIN p ON p.account_id = g.account_id AND p.as_of = g.as_of
+),
+t AS (
+    SELECT *,
+           list_avg([x.value FOR x IN obs IF x.date = last_date]) AS mean_last,
+           list_avg([q.x FOR q IN trend]) AS x_mean,
+           list_avg([q.y FOR q IN trend]) AS y_mean,
+           {per_kmrr} AS per_kmrr
+    FROM o
 )
-SELECT r.account_id, r.as_of, r.metric,
-       {mean_recent} AS mean_recent,
-       {mean_previous} AS mean_previous,
-       AVG(CASE WHEN r.date > r.start_{baseline}d AND r.date <= r.start_{recent}d THEN r.value END) AS mean_baseline,
-       REGR_SLOPE(CASE WHEN {in_trend} THEN r.value END,
-                  CASE WHEN {in_trend} THEN {days_between(f"r.start_{trend}d", "r.date")} END) AS slope,
-       MIN({days_between("r.date", "r.as_of")}) AS days_since,
-       {mean_recent} * {per_kmrr} AS recent_per_kmrr,
-       {mean_previous} * {per_kmrr} AS previous_per_kmrr,
-       AVG(CASE WHEN r.date = r.last_date THEN r.value END) * {per_kmrr} AS last_per_kmrr
-FROM r
-GROUP BY r.account_id, r.as_of, r.metric
+SELECT account_id, as_of, metric, mean_recent, mean_previous, mean_baseline,
+       -- least squares from centred sums: raw sums of x*y lose digits to cancellation
+       list_sum([(q.x - x_mean) * (q.y - y_mean) FOR q IN trend])
+           / list_sum([(q.x - x_mean) * (q.x - x_mean) FOR q IN trend]) AS slope,
+       {days_between("last_date", "as_of")} AS days_since,
+       mean_recent * per_kmrr AS recent_per_kmrr,
+       mean_previous * per_kmrr AS previous_per_kmrr,
+       mean_last * per_kmrr AS last_per_kmrr
+FROM t
 """
 
 
