@@ -478,8 +478,14 @@ def _tuned_overrides(
     tune_trials: int,
     tune_context: Mapping[str, Any] | None,
     label_gap_days: int = 0,
+    decided_at_train: pd.Series | np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Optuna-tuned LightGBM overrides (time-ordered folds inside the training slice), or none."""
+    """Optuna-tuned LightGBM overrides (time-ordered folds inside the training slice), or none.
+
+    ``decided_at_train`` (when each training row's label became known, in row order) purges the
+    tuning folds as the main split is purged: a fold trains only on labels decided before it
+    validates.
+    """
     if tune_trials <= 0:
         return {}, None
     from training.tune import tune_lightgbm
@@ -493,6 +499,7 @@ def _tuned_overrides(
         n_trials=tune_trials,
         model=model,
         label_gap_days=label_gap_days,
+        decided_at=None if decided_at_train is None else pd.Series(np.asarray(decided_at_train)),
         **dict(tune_context or {}),
     )
     return dict(study_summary["best_params"]), study_summary
@@ -594,6 +601,7 @@ def _classifier_pipeline(
         tune_trials,
         tune_context,
         split.label_gap_days,
+        decided_at_train=decided_at[slices == "train"].to_numpy(),
     )
     # The configured parameter sets, and the tuned one when --tune ran, compete on the calibration
     # slice (log loss of the uncalibrated probabilities); the test slice plays no part in the choice.
@@ -1201,12 +1209,15 @@ def train_amount_model(
     lgb_params = lightgbm_params(params, "amount", candidate_overrides[chosen])
     tuning = None
     if tune_trials > 0:
+        decided_train = decided_at[slices == "train"].to_numpy()
         if chosen_target is None:
             x_tune, y_tune, as_of_tune, tune_model = x_train, y_train, train["as_of"], "amount"
+            decided_tune = decided_train
         else:
             # The study sees the ratio (unweighted: tune_lightgbm has no row weights).
             rows_tune, y_tune, _ = amount_ratio_rows(chosen_target, train, y_train)
             x_tune, as_of_tune, tune_model = x_train[rows_tune], train["as_of"][rows_tune], "amount_ratio"
+            decided_tune = decided_train[np.asarray(rows_tune)]
         overrides, tuning = _tuned_overrides(
             tune_model,
             x_tune,
@@ -1217,9 +1228,25 @@ def train_amount_model(
             tune_trials,
             tune_context,
             split.label_gap_days,
+            decided_at_train=decided_tune,
         )
-        lgb_params.update(overrides)
-        boosters[chosen] = fit_candidate(chosen_target, lgb_params)
+        # As for the classifiers: the tuned set must beat the configured one on the calibration
+        # slice (WAPE in amount space), or the configured booster stays.
+        tuned_booster = fit_candidate(chosen_target, {**lgb_params, **overrides})
+        tuned_wape = regression_metrics(
+            y_calibration,
+            apply_target_transform(chosen_target, tuned_booster.predict(x_calibration), calibration),
+        )["wape"]
+        tuning["calibration_wape"] = {
+            "tuned": float(tuned_wape),
+            "configured": float(candidates[chosen]["wape"]),
+        }
+        if tuned_wape < candidates[chosen]["wape"]:
+            lgb_params.update(overrides)
+            boosters[chosen] = tuned_booster
+            tuning["kept"] = "tuned"
+        else:
+            tuning["kept"] = "configured"
     booster = boosters[chosen]
     extra: dict[str, Any] = {
         "trained_as_of": split.train_end.date().isoformat(),
