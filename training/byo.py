@@ -1517,6 +1517,7 @@ def _log_and_register(
     logged = log_training_run(
         "churn",
         bundle=bundle,
+        training_params=cfg,
         metrics_document=document,
         test_set=test_set,
         label_column="label_churn",
