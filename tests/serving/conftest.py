@@ -77,12 +77,17 @@ class Server:
 
 
 def start_service(
-    env_overrides: dict[str, str], workdir: Path, timeout_s: float = 180, cwd: Path = REPO
+    env_overrides: dict[str, str],
+    workdir: Path,
+    timeout_s: float = 180,
+    cwd: Path = REPO,
+    wait_path: str = "/readyz",
 ) -> Server:
     """Start `bentoml serve serving.service:RevcastService` on a free loopback port and wait for /readyz.
 
     ``cwd`` is where the service runs (stores that default to the working directory land there); the
-    repository stays importable through PYTHONPATH.
+    repository stays importable through PYTHONPATH. ``wait_path="/livez"`` waits only for the process
+    to answer (for services that are not meant to become ready).
     """
     port = free_port()
     env = {
@@ -113,7 +118,7 @@ def start_service(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(f"{url}/readyz", timeout_s, process, log)
+        wait_for(f"{url}{wait_path}", timeout_s, process, log)
     except Exception:
         stop(process)
         raise

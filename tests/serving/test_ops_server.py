@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ import httpx
 import pytest
 
 from serving.schemas import EXAMPLE_OPPORTUNITY_REQUEST
-from tests.servers import BIN, free_port, stop, wait_for
-from tests.serving.conftest import REPO, TOKEN, Server, start_service
+from tests.servers import free_port, stop, wait_for
+from tests.serving.conftest import TOKEN, Server, start_service
 from tests.serving.test_reload import _worker_pids
 
 pytestmark = pytest.mark.server
@@ -249,40 +248,7 @@ def test_sighup_to_one_worker_reaches_every_worker(two_workers, registry) -> Non
 
 def _start_live(env_overrides: dict[str, str], workdir: Path) -> Server:
     """The service started like conftest.start_service, waited for on /livez (it will not be ready)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "REVCAST_API_TOKEN": TOKEN,
-        "PYTHONUNBUFFERED": "1",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONPATH": str(REPO),
-        **env_overrides,
-    }
-    log = workdir / f"service-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                str(BIN / "bentoml"),
-                "serve",
-                "serving.service:RevcastService",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/livez", 180, process, log)
-    except Exception:
-        stop(process)
-        raise
-    return Server(url=url, token=TOKEN, log=log, process=process)
+    return start_service(env_overrides, workdir, wait_path="/livez")
 
 
 def _forward(listen_port: int, target: str) -> socket.socket:
