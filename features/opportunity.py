@@ -536,25 +536,24 @@ def track_record_context_for(context: dict[str, pd.DataFrame], opps: pd.DataFram
 
     Args:
         context: `track_record_context` of the CRM (its as_of must be the build's).
-        opps: The deals of the build (canonical opportunities: owner_id, account_id, product,
-            lead_source, opportunity_id), with ids as the CRM's.
+        opps: The deals of the build (canonical opportunities: opportunity_id, owner_id,
+            account_id), with ids as the CRM's.
 
     Returns:
         The relations `opportunity_query(..., context=True)` reads: the track records of the deals'
-        keys (the global one whole) and the CRM's other deals open at as_of of the same reps or
-        accounts (the build's own deals are counted from the build, in their request's state).
+        reps and accounts (the global, product and lead-source ones whole: one row per product or
+        source), and the CRM's other deals open at as_of of the same reps or accounts (the build's
+        own deals are counted from the build, in their request's state).
     """
-    shaped = shaped_table({"opportunities": opps}, "opportunities", OPPORTUNITY_COLUMNS)
-    out = {"glob_tr": context["glob_tr"]}
-    for relation, column in TRACK_RECORD_KEYS.items():
-        if column is not None:
-            table = context[relation]
-            out[relation] = table[table["k"].isin(shaped[column].dropna())].reset_index(drop=True)
+    owners = opps["owner_id"].dropna().to_numpy()
+    accounts = opps["account_id"].dropna().to_numpy()
+    out = {name: context[name] for name in ("glob_tr", "prod_tr", "src_tr")}
+    for name, keys in (("rep_tr", owners), ("acct_tr", accounts)):
+        table = context[name]
+        out[name] = table[table["k"].isin(keys)].reset_index(drop=True)
     open_deals = context[CONTEXT_OPEN_DEALS]
-    same_rep_or_account = open_deals["owner_id"].isin(shaped["owner_id"].dropna()) | open_deals[
-        "account_id"
-    ].isin(shaped["account_id"].dropna())
-    others = ~open_deals["opportunity_id"].isin(shaped["opportunity_id"])
+    same_rep_or_account = open_deals["owner_id"].isin(owners) | open_deals["account_id"].isin(accounts)
+    others = ~open_deals["opportunity_id"].isin(opps["opportunity_id"].to_numpy())
     out[CONTEXT_OPEN_DEALS] = open_deals[same_rep_or_account & others].reset_index(drop=True)
     return out
 
