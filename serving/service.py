@@ -995,7 +995,7 @@ class RevcastService:
                 self._forecast_range = forecast_data_range(tables)
                 self._forecast_tables = tables
                 source = TrackRecordSource(tables, self._forecast_range[1])
-                source.context(self._forecast_range[1])  # the date requests without as_of read
+                source.warm(self._forecast_range[1])  # the date requests without as_of read
                 self._track_record_source = source
             except Exception as exc:  # the forecast answers 503 with this reason
                 self._forecast_error = f"{type(exc).__name__}: {exc}"
