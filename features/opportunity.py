@@ -12,6 +12,9 @@ won amounts are read only for deals closed at or before the as-of date (track re
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -438,7 +441,7 @@ def build_opportunity_features(
             expected close date count as a history row dated this timestamp (only for as-of dates
             on or after it). Batch scoring of "now" passes the export date; training leaves it None.
         context: For deals that come without the rest of their CRM (API records): the CRM's track
-            records and other open deals as of the (one) as_of, `track_record_context_for` of a
+            records and other open deals as of the (one) as_of, `track_record_context_for` of an indexed
             `track_record_context`; the track-record features then read it instead of `tables`.
 
     Returns:
@@ -531,31 +534,125 @@ FROM opps o JOIN dates d ON o.created_at <= d.as_of AND (o.closed_at IS NULL OR 
     return context
 
 
-def track_record_context_for(context: dict[str, pd.DataFrame], opps: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """`track_record_context` cut to what the deals `opps` look up, for their feature build.
+_TRACK_COLUMNS = ("n_closed", "n_won", "won_amount")
+_OPEN_COLUMNS = ("opportunity_id", "owner_id", "account_id")
+
+
+@dataclass(frozen=True)
+class TrackRecordIndex:
+    """A `track_record_context` indexed for cutting it per build (`track_record_context_for`).
+
+    The per-build cut is then dictionary lookups over the build's few keys: pandas spends ~2 ms per
+    merge on frames of a few rows, more than the lookups' whole work.
+
+    Attributes:
+        records: Relation name (TRACK_RECORD_KEYS) -> key -> (n_closed, n_won, won_amount).
+        open_by: ``owner_id`` / ``account_id`` -> key -> open deals (opportunity, owner, account).
+    """
+
+    records: dict[str, dict[str, tuple[float, float, float]]]
+    open_by: dict[str, dict[str, list[tuple[Any, Any, Any]]]]
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value == value  # NaN != NaN
+
+
+def index_track_record_context(context: dict[str, pd.DataFrame]) -> TrackRecordIndex:
+    """Index a `track_record_context` (once per date; see TrackRecordIndex)."""
+    records = {
+        name: dict(
+            zip(
+                context[name]["k"].tolist(),
+                zip(*(context[name][c].astype(float).tolist() for c in _TRACK_COLUMNS), strict=True),
+                strict=True,
+            )
+        )
+        for name in TRACK_RECORD_KEYS
+    }
+    open_by: dict[str, dict[str, list[tuple[Any, Any, Any]]]] = {"owner_id": {}, "account_id": {}}
+    for row in zip(*(context[CONTEXT_OPEN_DEALS][c].tolist() for c in _OPEN_COLUMNS), strict=True):
+        for column, position in (("owner_id", 1), ("account_id", 2)):
+            if _present(row[position]):
+                open_by[column].setdefault(row[position], []).append(row)
+    return TrackRecordIndex(records=records, open_by=open_by)
+
+
+def track_record_context_for(
+    index: TrackRecordIndex,
+    opps: pd.DataFrame,
+    as_of: dt.date | dt.datetime | str | pd.Timestamp,
+    split_id: Callable[[str], tuple[str, str]] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The context relations one feature build over the deals `opps` reads, dated `as_of`.
 
     Args:
-        context: `track_record_context` of the CRM (its as_of must be the build's).
-        opps: The deals of the build (canonical opportunities: opportunity_id, owner_id,
-            account_id), with ids as the CRM's.
+        index: `index_track_record_context` of the CRM's context as of (or, after its data ends,
+            before) `as_of`.
+        opps: The deals of the build (canonical opportunities: opportunity_id, owner_id, account_id).
+        as_of: The build's one as-of date (the relations' as_of column).
+        split_id: Maps a build id to ``(prefix, CRM id)`` when the build's ids are not the CRM's
+            (the service prefixes ids per request in merged builds); rows found for a CRM id carry
+            the prefix. Default: ids are the CRM's (prefix "").
 
     Returns:
-        The relations `opportunity_query(..., context=True)` reads: the track records of the deals'
-        reps and accounts (the global, product and lead-source ones whole: one row per product or
-        source), and the CRM's other deals open at as_of of the same reps or accounts (the build's
-        own deals are counted from the build, in their request's state).
+        The relations `opportunity_query(..., context=True)` reads: the global, product and
+        lead-source track records whole (one row per product or source), those of the deals' reps
+        and accounts, and the CRM's other deals open at as_of of the same reps or accounts (the
+        build's own deals are counted from the build, in their request's state).
     """
-    owners = opps["owner_id"].dropna().to_numpy()
-    accounts = opps["account_id"].dropna().to_numpy()
-    out = {name: context[name] for name in ("glob_tr", "prod_tr", "src_tr")}
-    for name, keys in (("rep_tr", owners), ("acct_tr", accounts)):
-        table = context[name]
-        out[name] = table[table["k"].isin(keys)].reset_index(drop=True)
-    open_deals = context[CONTEXT_OPEN_DEALS]
-    same_rep_or_account = open_deals["owner_id"].isin(owners) | open_deals["account_id"].isin(accounts)
-    others = ~open_deals["opportunity_id"].isin(opps["opportunity_id"].to_numpy())
-    out[CONTEXT_OPEN_DEALS] = open_deals[same_rep_or_account & others].reset_index(drop=True)
-    return out
+    stamp = to_timestamps(as_of)[0]
+
+    def split(value: Any) -> tuple[str, Any]:
+        if not _present(value):
+            return "", None
+        return split_id(str(value)) if split_id is not None else ("", value)
+
+    own_ids = set(opps["opportunity_id"].tolist())
+    looked_up: dict[str, dict[str, tuple[float, float, float]]] = {"rep_tr": {}, "acct_tr": {}}
+    others: dict[str, tuple[Any, Any, Any]] = {}
+    for owner, account in zip(opps["owner_id"].tolist(), opps["account_id"].tolist(), strict=True):
+        for value, name, column in ((owner, "rep_tr", "owner_id"), (account, "acct_tr", "account_id")):
+            prefix, crm_id = split(value)
+            if crm_id is None:
+                continue
+            record = index.records[name].get(crm_id)
+            if record is not None:
+                looked_up[name][prefix + crm_id] = record
+            for opportunity, deal_owner, deal_account in index.open_by[column].get(crm_id, ()):
+                build_id = prefix + opportunity
+                if build_id not in own_ids and build_id not in others:
+                    others[build_id] = (
+                        build_id,
+                        prefix + deal_owner if _present(deal_owner) else None,
+                        prefix + deal_account if _present(deal_account) else None,
+                    )
+    frames = {name: _records_frame(index.records[name], stamp) for name in ("glob_tr", "prod_tr", "src_tr")}
+    for name, records in looked_up.items():
+        frames[name] = _records_frame(records, stamp)
+    rows = list(others.values())
+    frames[CONTEXT_OPEN_DEALS] = pd.DataFrame(
+        {
+            **{
+                column: pd.Series([row[i] for row in rows], dtype=object)
+                for i, column in enumerate(_OPEN_COLUMNS)
+            },
+            "as_of": pd.Series([stamp] * len(rows), dtype="datetime64[ns]"),
+        }
+    )
+    return frames
+
+
+def _records_frame(records: dict[str, tuple[float, float, float]], as_of: pd.Timestamp) -> pd.DataFrame:
+    """A track-record relation (k, as_of, n_closed, n_won, won_amount) from key -> counts."""
+    values = np.array(list(records.values()), dtype=float).reshape(len(records), len(_TRACK_COLUMNS))
+    return pd.DataFrame(
+        {
+            "k": pd.Series(list(records), dtype=object),
+            "as_of": pd.Series([as_of] * len(records), dtype="datetime64[ns]"),
+            **{column: values[:, i] for i, column in enumerate(_TRACK_COLUMNS)},
+        }
+    )
 
 
 def opportunity_frames(

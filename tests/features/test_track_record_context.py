@@ -15,6 +15,7 @@ from features.opportunity import (
     CONTEXT_OPEN_DEALS,
     TRACK_RECORD_KEYS,
     build_opportunity_features,
+    index_track_record_context,
     track_record_context,
     track_record_context_for,
 )
@@ -66,12 +67,12 @@ def test_one_deal_with_the_context_gets_the_whole_crm_batch_features(crm, as_of)
     batch = build_opportunity_features(crm, as_of).set_index("opportunity_id")
     # deals whose track records are not trivial, so the comparison can fail
     assert batch["rep_closed_deals_prior"].max() > 0 and batch["rep_open_deals"].max() > 1
-    context = track_record_context(crm, as_of)
+    context = index_track_record_context(track_record_context(crm, as_of))
     for opp_id in batch.index[:12]:
         own = _own_rows(crm, opp_id, as_of)
         alone = build_opportunity_features(own, as_of).set_index("opportunity_id").loc[opp_id]
         with_context = build_opportunity_features(
-            own, as_of, context=track_record_context_for(context, own["opportunities"])
+            own, as_of, context=track_record_context_for(context, own["opportunities"], as_of)
         ).set_index("opportunity_id")
         _assert_same(with_context.loc[opp_id].drop("as_of"), batch.loc[opp_id].drop("as_of"))
         # without the context the deal would be its rep's only open deal, with no track record
@@ -107,10 +108,10 @@ def test_a_deal_closed_before_as_of_moves_the_context(crm) -> None:
 
 
 def test_the_cut_context_holds_only_what_the_deals_look_up(crm) -> None:
-    context = track_record_context(crm, T)
+    context = index_track_record_context(track_record_context(crm, T))
     opps = crm["opportunities"]
     deal = opps[(opps["created_at"] <= T) & (opps["closed_at"].isna() | (opps["closed_at"] > T))].iloc[[0]]
-    cut = track_record_context_for(context, deal)
+    cut = track_record_context_for(context, deal, T)
     assert set(cut["rep_tr"]["k"]) <= set(deal["owner_id"]) and len(cut["rep_tr"]) == 1
     assert set(cut["acct_tr"]["k"]) <= set(deal["account_id"])
     others = cut[CONTEXT_OPEN_DEALS]
